@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -46,16 +45,20 @@ class Architecture:
         return self.config_class(**values)
 
 
-@lru_cache(maxsize=1)
 def registered_architectures() -> dict[str, Architecture]:
-    """Every architecture registered by a plugin, by ``model_type``; a clash is an error."""
+    """Every architecture registered by a plugin, by ``model_type``; a clash is an error.
+
+    Not cached: hooks are cheap, and a plugin whose import was still running at
+    the first call (see ``get_plugin_manager``) must appear at the next one.
+    """
     from evomerge.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     found: dict[str, Architecture] = {}
     owners: dict[str, str] = {}
     for impl in pm.hook.evomerge_register_architectures.get_hookimpls():
-        for arch in impl.function() or []:
+        found_here = cast(list[Architecture], impl.function() or [])
+        for arch in found_here:
             if arch.model_type in found:
                 raise ValueError(
                     f"architecture {arch.model_type!r} is registered by both "
@@ -69,6 +72,8 @@ def registered_architectures() -> dict[str, Architecture]:
 def get_architecture(model_type: str) -> Architecture:
     """The architecture registered as ``model_type``, or a clear error listing those that exist."""
     archs = registered_architectures()
+    if model_type in archs:
+        register_with_transformers(archs)  # idempotent; covers plugins registered late
     if model_type not in archs:
         known = ", ".join(sorted(archs)) or "none"
         raise UnknownArchitectureError(
@@ -77,11 +82,17 @@ def get_architecture(model_type: str) -> Architecture:
     return archs[model_type]
 
 
-def register_with_transformers() -> None:
+_TRANSFORMERS_REGISTERED: set[str] = set()
+
+
+def register_with_transformers(archs: dict[str, Architecture] | None = None) -> None:
     """Make every registered family loadable through AutoConfig / AutoModelForCausalLM."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    for arch in registered_architectures().values():
+    for arch in (archs if archs is not None else registered_architectures()).values():
+        if arch.model_type in _TRANSFORMERS_REGISTERED:
+            continue
+        _TRANSFORMERS_REGISTERED.add(arch.model_type)
         try:
             AutoConfig.register(arch.model_type, arch.config_class, exist_ok=True)
             AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)

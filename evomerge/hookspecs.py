@@ -14,6 +14,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from evomerge.architectures import Architecture
+    from evomerge.fitness.terms import FitnessTerm
+    from evomerge.merge.base import MergeMethod
 
 hookspec = pluggy.HookspecMarker("evomerge")
 
@@ -26,3 +28,23 @@ hookspec = pluggy.HookspecMarker("evomerge")
 @hookspec
 def evomerge_register_architectures() -> list[Architecture]:
     """Return the model families (config class, model class, presets, mergekit definition) this plugin adds."""
+
+
+# --------------------------------------------------------------------------
+# Merge methods
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def evomerge_register_merge_methods() -> list[MergeMethod]:
+    """Return merge methods (``evomerge.merge.MergeMethod``) usable by name in combo stages and merge YAML."""
+
+
+# --------------------------------------------------------------------------
+# Fitness
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def evomerge_register_fitness_terms() -> list[FitnessTerm]:
+    """Return fitness terms (``evomerge.fitness.FitnessTerm``) that ``FitnessConfig.weights`` can name."""

@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 
@@ -23,7 +22,10 @@ from evomerge import hookspecs
 ENTRY_POINT_GROUP = "evomerge"
 
 #: Core built-ins, registered exactly like third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "evomerge.merge.builtin_methods",
+    "evomerge.fitness.builtin_terms",
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,27 @@ def _distribution_of(ep: EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
-@lru_cache(maxsize=1)
+_MANAGER: pluggy.PluginManager | None = None
+
+
+def _mid_import(module_name: str) -> bool:
+    """True while ``module_name`` is being imported (it imported evomerge, which led here)."""
+    module = sys.modules.get(module_name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and bool(getattr(spec, "_initializing", False))
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
-    """Build (once) the manager holding the built-ins and every entry-point plugin."""
+    """The manager holding the built-ins and every entry-point plugin (built once).
+
+    A plugin whose own import triggered this call (``import evomerge`` at its top,
+    before its hooks exist) is skipped for now and the manager is not cached, so
+    the next call, after that import finished, registers it properly.
+    """
+    global _MANAGER
+    if _MANAGER is not None:
+        return _MANAGER
+    deferred = False
     pm = pluggy.PluginManager("evomerge")
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
@@ -67,6 +87,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(module, name=module_name)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        if _mid_import(ep.module):
+            deferred = True
             continue
         package, version = _distribution_of(ep)
         try:
@@ -87,8 +110,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if os.environ.get("EVOMERGE_TRACE_HOOKS"):
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()
+    if not deferred:
+        _MANAGER = pm
     return pm
-
 
 
 def plugin_load_errors() -> list[PluginLoadError]:

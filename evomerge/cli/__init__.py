@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from evomerge.cli import plugins_cmd
+from evomerge.cli import (
+    combos_cmd,  # noqa: I001 - merge engine CLI
+    data_cmd,
+    eval_cmd,
+    lineage_cmd,
+    phase1_cmd,
+    plugins_cmd,
+    recipe_cmd,
+)
 
 app = typer.Typer(
     name="evomerge",
@@ -18,6 +26,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(plugins_cmd.app, name="plugins")
+app.add_typer(phase1_cmd.app, name="phase1")
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(eval_cmd.app)  # `eval` and `lm-eval`, top-level commands
+app.add_typer(combos_cmd.app, name="combos")
+app.add_typer(recipe_cmd.app, name="recipe")
+app.add_typer(lineage_cmd.app, name="lineage")
 
 
 def main() -> None:

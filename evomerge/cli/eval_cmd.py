@@ -1,0 +1,195 @@
+"""``evomerge eval``: composite fitness of one model; ``evomerge lm-eval``: lm-eval's CLI + our model type."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(help="Fitness evaluation.")
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _load(model_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import evomerge  # noqa: F401  # registers plugin model families with AutoModel
+
+    if not (model_dir / "config.json").is_file():
+        raise _fail(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+        raise _fail(
+            f"{model_dir}: cannot load model/tokenizer ({type(exc).__name__}: {exc})"
+        ) from None
+    return model, tokenizer
+
+
+def _split_names(values: list[str] | None) -> list[str] | None:
+    names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    return names or None
+
+
+@app.command("eval")
+def eval_command(
+    model_dir: Path = typer.Argument(..., help="Model directory (save_pretrained output)."),
+    tasks: Optional[list[str]] = typer.Option(
+        None,
+        "--tasks",
+        help="Task names, repeatable or comma-separated (default: all generated tasks of --split).",
+    ),
+    split: str = typer.Option("fitness", "--split", help="fitness | test"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write every term and metric as JSON here."
+    ),
+    task_dir: Optional[list[Path]] = typer.Option(
+        None,
+        "--task-dir",
+        help="lm-eval task directories (default: generate from the prepared demo data).",
+    ),
+    reference: Optional[list[Path]] = typer.Option(
+        None, "--reference", help="Input model dirs to normalise terms against (repeatable)."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help="FitnessConfig YAML."),
+    max_items: Optional[int] = typer.Option(
+        None, "--max-items", help="First N documents per task."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
+) -> None:
+    """Measure one model (perplexity, accuracy, speed, memory, plugin terms) and print its fitness."""
+    from evomerge.fitness import CompositeFitness, FitnessConfig, FitnessHarness, TaskSuite
+    from evomerge.fitness.tasks import generated_task_names, write_tasks
+
+    if split not in ("fitness", "test"):
+        raise _fail(f"--split must be fitness or test, got {split!r}")
+    try:
+        cfg = FitnessConfig.from_yaml(config.read_text()) if config else FitnessConfig()
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{config}: {exc}") from None
+    updates: dict[str, Any] = {"split": split}
+    if max_items is not None:
+        updates["max_items"] = max_items
+    cfg = cfg.model_copy(update=updates)
+    names = _split_names(tasks) or cfg.tasks
+    refs = list(reference or [])
+    model, tokenizer = _load(model_dir)
+    with tempfile.TemporaryDirectory(prefix="evomerge-tasks-") as tmp:
+        if task_dir:
+            include = [*task_dir, *cfg.task_dirs]
+        else:
+            from evomerge.data import prepare_data
+
+            layout = prepare_data(progress=False)
+            include = [
+                write_tasks(layout, Path(tmp), domains=cfg.domains, splits=[split]),
+                *cfg.task_dirs,
+            ]
+        suite = TaskSuite(
+            names=tuple(names or generated_task_names(cfg.domains, split)),
+            include_paths=tuple(Path(p).resolve() for p in include),
+            split=split,
+        )
+        try:
+            harness = FitnessHarness.build(
+                suite, tokenizer, device, config=cfg, model_config=model.config
+            )
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+        measured = harness.measure(model)
+        ref_measured = {str(p): harness.measure(_load(p)[0]) for p in refs}
+    if ref_measured:
+        fitness = CompositeFitness.from_inputs(cfg, list(ref_measured.values()))
+    else:
+        fitness = CompositeFitness(cfg.model_copy(update={"normalize": "none"}))
+    score = fitness.score(measured)
+    _print(model_dir, score, measured, fitness)
+    if json_out:
+        payload = {
+            "model": str(model_dir),
+            "split": split,
+            "fitness": score.to_dict(),
+            "measurements": measured.to_dict(),
+            "references": {k: v.to_dict() for k, v in ref_measured.items()},
+            "config": cfg.model_dump(mode="json"),
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _print(model_dir: Path, score: Any, measured: Any, fitness: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"fitness of {model_dir} (normalize: {score.normalize})")
+    for col in ("term", "raw", "unit", "term value", "weight", "weighted"):
+        table.add_column(col, justify="left" if col in ("term", "unit") else "right")
+    for term, weight in fitness.terms:
+        name = term.name()
+        table.add_row(
+            name,
+            f"{score.raw[name]:.6g}",
+            term.unit,
+            f"{score.terms[name]:.6g}",
+            f"{weight:g}",
+            f"{score.weighted[name]:.6g}",
+        )
+    table.add_row("total", "", "", "", "", f"{score.total:.6g}", style="bold")
+    console.print(table)
+    tasks = Table(title="lm-eval metrics")
+    for col in ("task", "metric", "value", "items"):
+        tasks.add_column(col)
+    for task, metrics in measured.tasks.items():
+        for metric, value in metrics.items():
+            tasks.add_row(task, metric, f"{value:.6g}", str(measured.n_items.get(task, "")))
+    console.print(tasks)
+
+
+NO_DEFAULT_TASKS = "--no_default_tasks"
+
+
+@app.command("lm-eval", context_settings=_PASSTHROUGH, add_help_option=False)
+def lm_eval_command(ctx: typer.Context) -> None:
+    """lm-eval's own CLI with `--model evomerge` registered; `--no_default_tasks`: index --include_path only."""
+    import lm_eval.tasks
+    from lm_eval.__main__ import cli_evaluate
+
+    import evomerge.fitness.lm_eval_adapter  # noqa: F401  # registers --model evomerge
+
+    args = list(ctx.args)
+    original = lm_eval.tasks.TaskManager
+    if NO_DEFAULT_TASKS in args:
+        args.remove(NO_DEFAULT_TASKS)
+        lm_eval.tasks.TaskManager = _include_path_only(original)  # type: ignore[misc]
+    argv, sys.argv = sys.argv, ["lm-eval", *args]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = argv
+        lm_eval.tasks.TaskManager = original  # type: ignore[misc]
+
+
+def _include_path_only(base: type) -> type:
+    """A TaskManager that skips indexing lm-eval's ~14,700 built-in task YAMLs (a minute on 2 cores).
+
+    lm-eval's CLI does ``from lm_eval.tasks import TaskManager`` at call time,
+    so swapping the attribute for the duration of the call is enough.
+    """
+
+    class IncludePathOnly(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["include_defaults"] = False
+            super().__init__(*args, **kwargs)
+
+    return IncludePathOnly

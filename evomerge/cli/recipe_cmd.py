@@ -1,0 +1,112 @@
+"""``evomerge recipe``: validate or run an evolution recipe.
+
+Exit codes: 0 the champion met the recipe's targets, 1 evolution finished
+below target (the champion is saved anyway), 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Validate and run evolution recipes.", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Validate and run evolution recipes."""
+
+
+def _load(recipe_path: Path, out: Path | None, generations: int | None):  # type: ignore[no-untyped-def]
+    from evomerge.evolution.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    if out is not None:
+        recipe.output = out.resolve()
+    if generations is not None:
+        recipe.evolution.generations = generations
+    return recipe
+
+
+@app.command("validate")
+def validate_cmd(recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml")) -> None:
+    """Check a recipe (schema, method names and parameters) without running anything."""
+    from rich.console import Console
+
+    from evomerge.evolution.recipe import RecipeError
+
+    console = Console(stderr=True)
+    try:
+        recipe = _load(recipe_path, None, None)
+        _check_methods(recipe_path, recipe.stages)
+    except RecipeError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    Console().print(
+        f"{recipe_path}: ok ({recipe.evolution.generations} generations, output {recipe.output})"
+    )
+
+
+def _check_methods(recipe_path: Path, stages: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    from evomerge.evolution.recipe import RecipeError
+    from evomerge.merge.registry import get_registry
+
+    registry = get_registry()
+    for name, params in stages.items():
+        try:
+            method = registry.get(name)
+        except Exception as exc:  # noqa: BLE001 - the registry's message lists the known methods
+            raise RecipeError(f"{recipe_path}: stages.{name}: {exc}") from None
+        known = {p.name for p in method.parameters()}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise RecipeError(
+                f"{recipe_path}: stages.{name}.{unknown[0]}: unknown parameter (known: {', '.join(sorted(known))})"
+            )
+
+
+@app.command("run")
+def run_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output dir (overrides the recipe's `output`)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the output dir's checkpoint."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over in a non-empty output dir."
+    ),
+    generations: int | None = typer.Option(
+        None, "--generations", help="Override evolution.generations."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run generation 0 and the evolution loop; write champion/, result.json and plots."""
+    from rich.console import Console
+
+    from evomerge.evolution.checkpoint import CheckpointError
+    from evomerge.evolution.recipe import RecipeError
+    from evomerge.evolution.run import EXIT_BAD_INPUT, Run
+    from evomerge.evolution.validate import InputValidationError
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        recipe = _load(recipe_path, out, generations)
+        _check_methods(recipe_path, recipe.stages)
+        outcome = Run(
+            recipe, resume=resume, overwrite=overwrite, progress=not quiet, log=console.print
+        ).execute()
+    except (RecipeError, InputValidationError, CheckpointError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    result = outcome.result
+    verdict = "[green]PASS[/green]" if result["passed"] else "[yellow]BELOW TARGET[/yellow]"
+    console.print(
+        f"{verdict}: improvement {result['improvement']:+.1%} (fitness split), "
+        f"{result['test_improvement']:+.1%} (held-out test split), target {result['min_improvement']:+.0%}; "
+        f"champion in {result['model']}"
+    )
+    raise typer.Exit(outcome.exit_code)

@@ -1,0 +1,1 @@
+"""The evolution controller: recipes, the generation loop, lineage, checkpoints, the report."""

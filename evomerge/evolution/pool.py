@@ -1,0 +1,94 @@
+"""A fixed budget of resident models, so the 12-model bound is enforced and measured, not assumed.
+
+Every model-sized buffer the controller holds comes from this pool: the three
+inputs, the eight population slots and one merge workspace (the champion lives
+in the checkpoint on disk, not in memory). Asking for a 13th raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+
+class PoolExhaustedError(RuntimeError):
+    """The controller asked for more resident models than the recipe allows."""
+
+
+class ModelPool:
+    """Hands out model instances up to ``capacity`` and recycles released ones."""
+
+    def __init__(self, factory: Callable[[], PreTrainedModel], capacity: int = 12) -> None:
+        self._factory = factory
+        self.capacity = capacity
+        self._free: list[PreTrainedModel] = []
+        self._live: set[int] = set()
+        self.allocated = 0
+        self.peak_live = 0
+
+    def acquire(self) -> PreTrainedModel:
+        """A model whose weights the caller will overwrite entirely."""
+        if self._free:
+            model = self._free.pop()
+        else:
+            if self.allocated >= self.capacity:
+                raise PoolExhaustedError(
+                    f"more than {self.capacity} models would be resident ({len(self._live)} live)"
+                )
+            model = self._factory()
+            self.allocated += 1
+        self._live.add(id(model))
+        self.peak_live = max(self.peak_live, len(self._live))
+        return model
+
+    def release(self, model: PreTrainedModel) -> None:
+        if id(model) not in self._live:
+            raise ValueError("releasing a model that is not live in this pool")
+        self._live.discard(id(model))
+        self._free.append(model)
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def resident_bytes(self, model: PreTrainedModel) -> int:
+        """Bytes of every model the pool ever allocated (live or free): what memory really holds."""
+        per_model = sum(p.numel() * p.element_size() for p in weights(model).values())
+        return per_model * self.allocated
+
+
+def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The model's state dict with tied duplicates dropped (the first name of a shared tensor wins).
+
+    Mutating, distancing or saving ``state_dict()`` directly would touch a tied
+    embedding / lm_head twice.
+    """
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+def copy_weights_(dst: PreTrainedModel, src: PreTrainedModel) -> None:
+    """dst <- src in place, tensor by tensor (no new allocation)."""
+    load_weights_(dst, weights(src))
+
+
+def load_weights_(dst: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``dst``'s existing tensors; names must match its untied weights exactly."""
+    target = weights(dst)
+    if set(target) != set(state):
+        missing, extra = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+        raise ValueError(
+            f"weights do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target[name].copy_(tensor)

@@ -1,0 +1,211 @@
+"""The recipe: one YAML file that fully determines an evolution run.
+
+Strict pydantic models (unknown keys are errors); ``load_recipe`` reports
+errors as ``FILE:LINE: field.path: message`` so a typo points at its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.fitness.config import FitnessConfig
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run; the message names the file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Phase1Source(_Strict):
+    """Make the demo Phase-1 family when the input models are missing."""
+
+    preset: Literal["tiny", "phase1-25m"] = Field(
+        "tiny", description="Model preset of the demo family."
+    )
+    seed: int = Field(0, description="Seed of the demo family.")
+    out: Path = Field(
+        Path("runs/phase1-tiny"), description="Where the family is (or will be) written."
+    )
+
+
+class InputsConfig(_Strict):
+    """The three input models: explicit paths, or the demo family made on demand."""
+
+    models: list[Path] | None = Field(None, description="Exactly three save_pretrained model dirs.")
+    phase1: Phase1Source | None = Field(
+        None, description="Make/reuse the demo Phase-1 family instead of `models`."
+    )
+    base_model: Path | None = Field(
+        None, description="Optional common ancestor (needed by `reference: ancestor`)."
+    )
+    architecture: str = Field("trm_titans_mag", description="model_type every input must have.")
+    expected_params: int | None = Field(None, description="Expected parameter count of each input.")
+    params_tolerance: float = Field(
+        0.05, ge=0, le=1, description="Allowed relative deviation from expected_params."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputsConfig:
+        if (self.models is None) == (self.phase1 is None):
+            raise ValueError("give exactly one of `models` (three paths) or `phase1`")
+        if self.models is not None and len(self.models) != 3:
+            raise ValueError(f"`models` must list exactly 3 model dirs, got {len(self.models)}")
+        return self
+
+
+class MutationConfig(_Strict):
+    """Gaussian noise that turns each elite into its mutated children."""
+
+    sigma: float = Field(0.01, gt=0, description="Gaussian noise scale.")
+    sigma_mode: Literal["absolute", "relative"] = Field(
+        "relative",
+        description="absolute: sigma in weight units (the seed); relative: sigma x each tensor's RMS.",
+    )
+    rate: float = Field(0.01, gt=0, le=1, description="Fraction of elements perturbed.")
+
+
+class EarlyStopConfig(_Strict):
+    """Stop when the champion stops improving (null: always run every generation)."""
+
+    min_improvement: float = Field(
+        0.001, ge=0, description="Relative champion improvement that counts as progress."
+    )
+    patience: int = Field(5, ge=1, description="Generations without progress before stopping.")
+
+
+class EvolutionConfig(_Strict):
+    """The generation loop: population scheme, mutation, re-seeding, early stop, seed."""
+
+    generations: int = Field(50, ge=0, description="Generations after generation 0.")
+    population: Literal[8] = Field(
+        8, description="Population size (the combo scheme fixes it at 8)."
+    )
+    elites: Literal[2] = Field(2, description="Top models kept as parents of mutated children.")
+    children_per_elite: Literal[3] = Field(3, description="Mutated children per elite.")
+    mutation: MutationConfig = Field(default_factory=lambda: MutationConfig())
+    min_diversity: float = Field(
+        0.3, ge=0, description="Re-seed the bottom 2 below this diversity."
+    )
+    early_stop: EarlyStopConfig | None = Field(default_factory=lambda: EarlyStopConfig())
+    seed: int = Field(0, description="Seed of every random choice of the run.")
+
+
+class FitnessSection(FitnessConfig):
+    """The fitness harness's config (evomerge.fitness.FitnessConfig) plus the run's targets."""
+
+    min_improvement: float = Field(
+        0.20, description="Target relative improvement over the inputs' mean."
+    )
+    report_max_items: int | None = Field(
+        None, description="Items per task for the final held-out test-split report (null: all)."
+    )
+
+
+class TrackingConfig(_Strict):
+    """Progress logging: evolution.jsonl and evolution.png always, W&B as configured here."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="W&B mode.")
+    project: str = Field("evomerge", description="W&B project name.")
+
+
+class DeviceConfig(_Strict):
+    """Where and in which precision merging and evaluation run."""
+
+    device: str = Field("auto", description="auto (accelerate's choice), cpu, cuda, cuda:N.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Merge and evaluation precision."
+    )
+
+
+class Recipe(_Strict):
+    """A whole evolution run."""
+
+    name: str = Field("evomerge-run", description="Run name (W&B run, output files).")
+    inputs: InputsConfig
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per merge method, parameter overrides (e.g. dare: {density: 0.1}).",
+    )
+    evolution: EvolutionConfig = Field(default_factory=lambda: EvolutionConfig())
+    fitness: FitnessSection = Field(default_factory=lambda: FitnessSection())
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
+    device: DeviceConfig = Field(default_factory=lambda: DeviceConfig())
+    output: Path = Field(
+        Path("runs/evomerge"), description="Output dir (champion/, result.json, plots)."
+    )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def resolved(self, base_dir: Path) -> Recipe:
+        """Relative paths resolve against the recipe file's folder, as a user expects."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else (base_dir / p).resolve())
+
+        data = self.model_copy(deep=True)
+        if data.inputs.models is not None:
+            data.inputs.models = [fix(p) for p in data.inputs.models]  # type: ignore[misc]
+        if data.inputs.phase1 is not None:
+            data.inputs.phase1.out = fix(data.inputs.phase1.out)  # type: ignore[assignment]
+        data.inputs.base_model = fix(data.inputs.base_model)
+        data.fitness.task_dirs = [fix(p) for p in data.fitness.task_dirs]  # type: ignore[misc]
+        data.output = fix(data.output)  # type: ignore[assignment]
+        return data
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at pydantic's error location (deepest that exists)."""
+    node, line = root, None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if getattr(k, "value", None) == str(key)]
+            node = match[0] if match else None
+            if match:
+                line = match[0].start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            node = None
+    return line
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse and validate a recipe file; every problem is a RecipeError naming file:line: field."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}:1: a recipe must be a mapping of sections (inputs, evolution, ...)"
+        )
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise RecipeError(f"{where}: {field}: {err['msg']}{more}") from None
+    return recipe.resolved(path.parent.resolve())

@@ -1,0 +1,97 @@
+"""``FitnessConfig``: what the composite fitness measures and how it weighs it (a recipe section)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evomerge.fitness.scoring import DEFAULT_BATCH_TOKENS
+from evomerge.fitness.tasks import DEFAULT_DOMAINS
+
+#: The seed's weights: 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "perplexity": 0.4,
+    "accuracy": 0.3,
+    "speed": 0.2,
+    "memory": 0.1,
+}
+
+
+class FitnessConfig(BaseModel):
+    """Composite fitness ``Σ weight·term`` and the measurements behind it.
+
+    ``normalize: inputs`` (default) divides each term's goodness (1/ppl, acc,
+    1/time, 1/mem, or a plugin term's) by its mean over the three input models,
+    so each input scores about 1.0 per term; ``none`` is the seed's raw form.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    normalize: Literal["inputs", "none"] = "inputs"
+    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS))
+    split: Literal["fitness", "test"] = "fitness"
+    #: Task names; None = the generated perplexity and cloze task of every domain for `split`.
+    tasks: list[str] | None = None
+    #: Extra lm-eval task directories (user tasks, e.g. for a plugin term).
+    task_dirs: list[Path] = Field(default_factory=list)
+    #: First N documents per task (lm-eval's `limit`), the evolution's subset; None = all.
+    max_items: int | None = 200
+    ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
+    #: Context length for rolling windows and truncation; None = the model's (as lm-eval).
+    max_length: int | None = None
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    #: "auto": bf16 autocast on CUDA devices that support it, fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    time_batch_size: int = 4
+    time_seq_len: int = 128
+    time_warmup: int = 1
+    time_repeats: int = 5
+    #: Relative speed/memory differences from the inputs' mean below this count as none;
+    #: "auto": 3x the timing noise seen on the inputs, at least 0.05 (see docs/fitness.md).
+    cost_tolerance: float | Literal["auto"] = "auto"
+    calibration_sequences: int = 8
+    calibration_seq_len: int = 128
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_finite(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not weight >= 0:
+                raise ValueError(f"weights.{name} must be >= 0, got {weight}")
+        if not any(value.values()):
+            raise ValueError("weights: at least one term needs a positive weight")
+        return value
+
+    @model_validator(mode="after")
+    def _check_positive(self) -> FitnessConfig:
+        for name in (
+            "batch_tokens",
+            "time_batch_size",
+            "time_seq_len",
+            "time_repeats",
+            "calibration_sequences",
+            "calibration_seq_len",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError(f"max_items must be >= 1 or null, got {self.max_items}")
+        if self.cost_tolerance != "auto" and not 0 <= self.cost_tolerance < 1:
+            raise ValueError(f"cost_tolerance must be in [0, 1), got {self.cost_tolerance}")
+        return self
+
+    def to_yaml(self) -> str:
+        """The config as YAML (paths as strings), loadable with :meth:`from_yaml`."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> FitnessConfig:
+        """Parse YAML text written by :meth:`to_yaml` (or by hand)."""
+        data: Any = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError("fitness config must be a YAML mapping")
+        return cls.model_validate(data)

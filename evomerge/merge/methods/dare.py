@@ -1,0 +1,81 @@
+"""``dare``: Drop And REscale task vectors, with masks reproducible per tensor.
+
+Each ``τ_i`` keeps each element with probability ``density`` and is rescaled
+by ``1/density``; ``merge = Σ w_i·dare(τ_i)``. The mask of input ``i`` on
+tensor ``name`` comes from its own generator seeded by ``(seed, name, i)``, so
+the same seed gives the same masks whatever else changes (other tensors,
+their order, the device count, the other inputs). mergekit's ``dare_linear``
+draws from the global RNG and rescales by an L1 ratio, so this is registered
+into mergekit as its own method ``dare``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from evomerge.merge.base import MergekitAlias, MethodParameter, TaskArithmeticMethod
+
+
+def mask_seed(seed: int, name: str, index: int) -> int:
+    """A stable 63-bit seed for one (seed, tensor name, input index); not Python's salted ``hash``."""
+    digest = hashlib.blake2b(f"{seed}\x00{name}\x00{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def dare_mask(
+    shape: torch.Size, *, density: float, seed: int, name: str, index: int, device: torch.device
+) -> torch.Tensor:
+    """Keep-mask (1.0 / 0.0, float32) with P(keep) = ``density``, drawn from a generator of its own."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(mask_seed(seed, name, index))
+    return torch.rand(shape, generator=generator, device=device).lt_(density)
+
+
+class Dare(TaskArithmeticMethod):
+    """``Σ w_i·mask_i⊙τ_i/density`` with per-(seed, tensor, input) masks."""
+
+    def name(self) -> str:
+        return "dare"
+
+    def parameters(self) -> list[MethodParameter]:
+        return [
+            *super().parameters(),
+            MethodParameter("density", float, 0.1, "probability of keeping an element"),
+            MethodParameter("seed", int, 0, "mask seed (the combo's seed)"),
+        ]
+
+    def mergekit_aliases(self) -> list[MergekitAlias]:
+        return [MergekitAlias("dare", anchored=True)]
+
+    def merge_deltas(
+        self,
+        deltas: Sequence[torch.Tensor],
+        *,
+        weights: Sequence[float],
+        name: str,
+        params: Mapping[str, Any],
+    ) -> torch.Tensor:
+        density = float(params.get("density", 0.1))
+        seed = int(params.get("seed", 0))
+        merged = torch.zeros_like(deltas[0])
+        if density >= 1.0:
+            for w, delta in zip(weights, deltas, strict=True):
+                merged.add_(delta, alpha=float(w))
+            return merged
+        if density <= 0.0:
+            return merged
+        for index, (w, delta) in enumerate(zip(weights, deltas, strict=True)):
+            keep = dare_mask(
+                delta.shape,
+                density=density,
+                seed=seed,
+                name=name,
+                index=index,
+                device=delta.device,
+            )
+            merged.addcmul_(delta, keep, value=float(w) / density)
+        return merged

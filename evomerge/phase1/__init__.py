@@ -1,0 +1,10 @@
+"""The demo Phase-1 family: one shared base, then three domain specialists from it.
+
+Merging needs a common ancestor (ARCHITECTURE-TRM-TITANS.md): models trained
+from different random inits do not average. So the family is a shared base
+trained on all domains, then one specialist fine-tuned per domain.
+"""
+
+from evomerge.phase1.make import FamilySpec, make_family
+
+__all__ = ["FamilySpec", "make_family"]

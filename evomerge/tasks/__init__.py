@@ -1,0 +1,1 @@
+"""lm-eval task YAML templates (package data), filled by ``evomerge.fitness.tasks.write_tasks``."""

@@ -1,0 +1,163 @@
+"""Shared pytest fixtures (append-only: several modules add theirs here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+# --------------------------------------------------------------------------- data
+@pytest.fixture(scope="session")
+def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The evomerge cache the tests share: ``$EVOMERGE_CACHE`` if set (CI shares one), else a session tmp dir."""
+    env = os.environ.get("EVOMERGE_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("evomerge-cache")
+
+
+@pytest.fixture(scope="session")
+def data_layout(data_cache_dir: Path):  # -> evomerge.data.DataLayout
+    """The real demo data, prepared once per session (downloads the pinned sources on first use)."""
+    from evomerge.data import prepare_data
+
+    return prepare_data(data_cache_dir, progress=False)
+
+
+# --------------------------------------------------------------------------- merge
+class TinyFamily:
+    """A base model and three seeded 'fine-tunes' of it (base + small seeded perturbations)."""
+
+    def __init__(self, config, base, models, build):  # type: ignore[no-untyped-def]
+        self.config, self.base, self.models, self.build = config, base, models, build
+
+    def calibration(self, seed: int = 0, shape: tuple[int, int] = (2, 16)):  # type: ignore[no-untyped-def]
+        """A calibration callable: causal-LM loss on a fixed random token batch."""
+        import torch
+
+        ids = torch.randint(
+            0, self.config.vocab_size, shape, generator=torch.Generator().manual_seed(seed)
+        )
+
+        def loss(model) -> float:  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                return float(model(input_ids=ids, labels=ids).loss)
+
+        return loss
+
+
+def _perturbed(state, seed: int, scale: float):  # type: ignore[no-untyped-def]
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in state.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_family() -> TinyFamily:
+    """transformers Llama, hidden 32, 2 layers, untied head: fast enough for every merge test."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    base = {k: v.detach().clone() for k, v in LlamaForCausalLM(config).state_dict().items()}
+    models = [_perturbed(base, seed, 0.02) for seed in (1, 2, 3)]
+
+    def build(state=None):  # type: ignore[no-untyped-def]
+        model = LlamaForCausalLM(config).eval()
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    return TinyFamily(config, base, models, build)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dirs(
+    tiny_llama_family: TinyFamily, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """The tiny family saved with save_pretrained: {"base": path, "models": [p1, p2, p3]} (absolute)."""
+    root = tmp_path_factory.mktemp("tiny-llama")
+    paths = {}
+    for name, state in [("base", tiny_llama_family.base)] + [
+        (f"model_{i + 1}", s) for i, s in enumerate(tiny_llama_family.models)
+    ]:
+        tiny_llama_family.build(state).save_pretrained(root / name)
+        paths[name] = str((root / name).resolve())
+    return {"base": paths["base"], "models": [paths[f"model_{i}"] for i in (1, 2, 3)]}
+
+
+# --------------------------------------------------------------------------- trm_titans
+@pytest.fixture(scope="session")
+def tiny_trm_config():  # -> evomerge_trm_titans.configuration.TrmTitansConfig
+    """The ``tiny`` TRM x Titans-MAG preset (~0.8M parameters, vocab 2048, n = T = 1)."""
+    from evomerge.architectures import get_architecture
+
+    return get_architecture("trm_titans_mag").config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_trm_model(tiny_trm_config):  # type: ignore[no-untyped-def]
+    """A seeded, randomly initialised tiny TRM x Titans-MAG model in eval mode (do not mutate)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_trm_config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_trm_family() -> TinyFamily:
+    """TRM×Titans-MAG ``tiny``: base + three seeded perturbations applied through the
+    parameters (so the tied embedding/head stay tied, as in a real fine-tune)."""
+    import torch
+
+    from evomerge.architectures import UnknownArchitectureError, get_architecture
+
+    try:
+        arch = get_architecture("trm_titans_mag")
+    except UnknownArchitectureError:
+        pytest.skip("the evomerge_trm_titans plugin is not installed")
+    config = arch.config("tiny")
+
+    def build(state=None):  # type: ignore[no-untyped-def]
+        model = arch.model_class(config).eval()
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    torch.manual_seed(0)
+    base_model = build()
+    states = []
+    for seed in (1, 2, 3):
+        model = build(base_model.state_dict())
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=generator))
+        states.append(model.state_dict())
+    return TinyFamily(config, base_model.state_dict(), states, build)
+
+
+# --------------------------------------------------------------------------- phase 1
+@pytest.fixture(scope="session")
+def phase1_tiny(data_cache_dir: Path, data_layout) -> dict:  # type: ignore[no-untyped-def]
+    """The shipped `tiny` demo family, made once (reused while the cache lives)."""
+    from evomerge.phase1 import FamilySpec, make_family
+
+    return make_family(
+        data_cache_dir / "phase1-tiny",
+        FamilySpec.for_preset("tiny"),
+        cache_dir=data_cache_dir,
+        progress=False,
+    )

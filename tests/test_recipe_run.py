@@ -1,0 +1,185 @@
+"""`evomerge recipe run` end to end on the tiny demo family: outputs, exit codes, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.evolution import loop as loop_module
+from evomerge.evolution.recipe import load_recipe
+from evomerge.evolution.run import Run
+
+COMBOS = [f"{i:03b}" for i in range(8)]
+
+
+def _recipe(tmp: Path, phase1: dict, out: str, **overrides: Any) -> Path:
+    data: dict[str, Any] = {
+        "name": "test-run",
+        "inputs": {
+            "models": phase1["models"],
+            "base_model": phase1["base_model"],
+            "architecture": "trm_titans_mag",
+        },
+        "evolution": {
+            "generations": 2,
+            "seed": 3,
+            "mutation": {"sigma": 0.01, "sigma_mode": "relative", "rate": 0.05},
+        },
+        "fitness": {
+            "max_items": 8,
+            "report_max_items": 16,
+            "time_repeats": 2,
+            "time_seq_len": 64,
+            "calibration_sequences": 2,
+            "calibration_seq_len": 64,
+        },
+        "tracking": {"wandb_mode": "disabled"},
+        "device": {"device": "cpu"},
+        "output": str(tmp / out),
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVOMERGE_CACHE", str(data_cache_dir))
+
+
+@pytest.fixture(scope="module")
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory, phase1_tiny: dict, data_cache_dir: Path
+) -> tuple[Path, int]:
+    import os
+
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = _recipe(tmp, phase1_tiny, "full", tracking={"wandb_mode": "offline"})
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    return tmp / "full", result.exit_code
+
+
+def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out, code = finished_run
+    result = json.loads((out / "result.json").read_text())
+    assert code == (0 if result["passed"] else 1)
+    for key in (
+        "model",
+        "fitness",
+        "improvement",
+        "evolution_log",
+        "merge_combo_usage",
+        "champion_lineage",
+        "test_improvement",
+    ):
+        assert key in result
+    assert sorted(result["merge_combo_usage"]) == COMBOS
+    assert all(result["merge_combo_usage"][c] >= 1 for c in COMBOS)  # generation 0 uses every combo
+    log = result["evolution_log"]
+    assert log["generations"] == 2 and len(log["best_fitness_per_gen"]) == 3 == len(
+        log["diversity_per_gen"]
+    )
+    assert log["best_fitness_per_gen"] == sorted(log["best_fitness_per_gen"])
+    assert result["resident_models"]["peak"] <= 12 and result["resident_models"]["allocated"] <= 12
+    model = AutoModelForCausalLM.from_pretrained(out / "champion")
+    assert model.config.model_type == "trm_titans_mag"
+    assert [
+        json.loads(line)["generation"]
+        for line in (out / "evolution.jsonl").read_text().splitlines()
+    ] == [0, 1, 2]
+    assert (out / "evolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "wandb").is_dir()  # offline W&B run inside the output
+    assert not (out / ".checkpoint").exists()  # intermediate models are not left behind
+    # the champion really scores what result.json says: fitness >= every input's
+    assert result["fitness"] >= max(result["inputs"]["fitness"])
+
+
+def test_lineage_rebuilds_the_champion_bit_identically(finished_run: tuple[Path, int]) -> None:
+    from evomerge.evolution.rebuild import rebuild_champion
+
+    out, _ = finished_run
+    _, comparison = rebuild_champion(out / "result.json")
+    assert comparison["bit_identical"], comparison
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int, where: str) -> None:
+    """Simulate a kill: raise after `calls` generation steps, at the boundary or mid-generation."""
+    original = loop_module.EvolutionLoop.step
+    count = {"n": 0}
+
+    def step(self: loop_module.EvolutionLoop) -> None:
+        count["n"] += 1
+        if count["n"] > calls:
+            if where == "mid":  # die inside the generation, after merging started
+                self.merge = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
+            else:
+                raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(loop_module.EvolutionLoop, "step", step)
+
+
+@pytest.mark.parametrize("where", ["boundary", "mid"])
+def test_resume_after_kill_gives_the_same_champion(
+    where: str,
+    finished_run: tuple[Path, int],
+    phase1_tiny: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    full = json.loads((finished_run[0] / "result.json").read_text())
+    recipe = load_recipe(_recipe(tmp_path, phase1_tiny, "killed"))
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1, where)
+        with pytest.raises(KeyboardInterrupt):
+            Run(recipe, progress=False, log=lambda s: None).execute()
+    assert (tmp_path / "killed" / ".checkpoint" / "state.json").exists()
+    outcome = Run(recipe, resume=True, progress=False, log=lambda s: None).execute()
+    got = outcome.result
+    assert got["champion_lineage"][-1]["id"] == full["champion_lineage"][-1]["id"]
+    assert got["fitness"] == full["fitness"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(finished_run[0] / "champion" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "killed" / "champion" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _expect_exit_2(recipe: Path, needle: str) -> None:
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert needle in " ".join(result.output.split())
+
+
+def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, phase1_tiny: dict) -> None:
+    models = phase1_tiny["models"]
+    two = _recipe(tmp_path, phase1_tiny, "two", inputs={"models": models[:2]})
+    _expect_exit_2(two, "exactly 3")
+    assert not (tmp_path / "two").exists()
+    params = _recipe(tmp_path, phase1_tiny, "params", inputs={"expected_params": 25_000_000})
+    _expect_exit_2(params, "param")
+    assert not (tmp_path / "params").exists()
+    missing = _recipe(
+        tmp_path,
+        phase1_tiny,
+        "missing",
+        inputs={"models": [models[0], models[1], str(tmp_path / "nope")]},
+    )
+    _expect_exit_2(missing, "nope")
+    assert not (tmp_path / "missing").exists()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(two.read_text().replace("generations:", "generationz:"))
+    _expect_exit_2(typo, "generationz")
