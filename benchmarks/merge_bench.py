@@ -93,7 +93,9 @@ def main() -> None:
     from evomerge.merge.mergekit_bridge import register_with_mergekit, run_with_mergekit
 
     what, factory, states = build_family(args.arch)
-    tokens = torch.randint(0, 2048, (1, 32), generator=torch.Generator().manual_seed(0))  # small batch
+    tokens = torch.randint(
+        0, 2048, (1, 32), generator=torch.Generator().manual_seed(0)
+    )  # small batch
 
     def calibration(model: Any) -> float:
         with torch.no_grad():

@@ -13,6 +13,7 @@ from evomerge.merge import (
     MergeConfigError,
     MergeEngine,
     StageParams,
+    TaskArithmeticMethod,
     get_method,
 )
 from evomerge.merge.inputs import tied_aliases
@@ -126,6 +127,7 @@ def test_frankenmerge_without_calibration_is_a_clear_error(tiny_llama_family) ->
 
 def test_nan_stage_falls_back_to_linear_and_is_reported(tiny_llama_family, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     dare = get_method("dare")
+    assert isinstance(dare, TaskArithmeticMethod)
     original = dare.merge_deltas
 
     def poisoned(deltas, *, weights, name, params):  # type: ignore[no-untyped-def]

@@ -7,12 +7,30 @@ import pytest
 import torch
 
 from evomerge import hookimpl, hookspecs
-from evomerge.merge import MergeConfigError, MethodRegistry, TensorMergeMethod, get_method
+from evomerge.merge import (
+    MergeConfigError,
+    MethodRegistry,
+    TaskArithmeticMethod,
+    TensorMergeMethod,
+    get_method,
+)
 from evomerge.merge.base import apply_task_arithmetic
 from evomerge.merge.methods.dare import dare_mask
 from evomerge.merge.methods.slerp import multislerp, slerp_chain, slerp_pair
 from evomerge.merge.methods.ties import trim
 from evomerge.merge.registry import UnknownMergeMethodError
+
+
+def tensor_method(name: str) -> TensorMergeMethod:
+    method = get_method(name)
+    assert isinstance(method, TensorMergeMethod)
+    return method
+
+
+def ta_method(name: str) -> TaskArithmeticMethod:
+    method = get_method(name)
+    assert isinstance(method, TaskArithmeticMethod)
+    return method
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -21,7 +39,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 
 def test_linear_of_identical_inputs_is_the_input() -> None:
     x = _randn(8, 5, seed=0)
-    merged = get_method("linear").merge_tensors(
+    merged = tensor_method("linear").merge_tensors(
         [x, x, x], weights=[0.2, 0.3, 0.5], name="w", params={}
     )
     torch.testing.assert_close(merged, x)
@@ -45,7 +63,7 @@ def test_slerp_endpoints_and_identical_inputs() -> None:
 def test_slerp_degenerate_inputs_never_nan() -> None:
     zero = torch.zeros(4, 3)
     a = _randn(4, 3, seed=3)
-    method = get_method("slerp")
+    method = tensor_method("slerp")
     for mode in ("chain", "multislerp"):
         for inputs in ([zero, zero, zero], [a, -a, zero], [a, a * (1 + 1e-7), a]):
             out = method.merge_tensors(
@@ -75,7 +93,7 @@ def test_slerp_chain_matches_mergekit_pairwise_slerp() -> None:
 
 def test_dare_keeps_density_and_rescales() -> None:
     delta = torch.ones(200, 100)
-    merged = get_method("dare").merge_deltas(
+    merged = ta_method("dare").merge_deltas(
         [delta], weights=[1.0], name="w", params={"density": 0.1, "seed": 7}
     )
     kept = merged != 0
@@ -102,7 +120,7 @@ def test_dare_mask_depends_only_on_seed_name_and_index() -> None:
     assert not torch.equal(first, mask(2, "layers.0.w", 2))
     assert not torch.equal(first, mask(1, "layers.1.w", 2))
     assert not torch.equal(first, mask(1, "layers.0.w", 1))
-    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert first.dtype == torch.bool
 
 
 def test_ties_disjoint_mean_by_hand() -> None:
@@ -114,7 +132,7 @@ def test_ties_disjoint_mean_by_hand() -> None:
     # signs of the sums: [+2 -> +, +2 -> +, -0.3 -> -, -3 -> -, -7 -> -]
     # disjoint means: [(3+1)/2, 2/1, -0.3/1, -5/1, (-4-3)/2]
     expected = torch.tensor([2.0, 2.0, -0.3, -5.0, -3.5])
-    merged = get_method("ties").merge_deltas(
+    merged = ta_method("ties").merge_deltas(
         [t1, t2, t3], weights=[1.0, 1.0, 1.0], name="w", params={"density": 0.6, "normalize": True}
     )
     torch.testing.assert_close(merged, expected)
@@ -133,7 +151,7 @@ def test_ties_matches_mergekit_ties() -> None:
         [group], parameters={"weight": weights, "density": 0.2, "lambda": 0.7}
     )
     ours = apply_task_arithmetic(
-        get_method("ties"),
+        ta_method("ties"),
         base,
         [m - base for m in models],
         weights=weights,
@@ -161,7 +179,7 @@ def test_dfs_weights_a_ten_times_closer_source_about_100_times_more() -> None:
     assert abs(dev[0].norm() / dev[1].norm() - 0.1) < 1e-9
     centre = _randn(400, seed=21).double()
     sources = [(centre + d).float() for d in dev]
-    merged = get_method("dfs").merge_tensors(
+    merged = tensor_method("dfs").merge_tensors(
         sources, weights=[0.25] * 4, name="w", params={"eps": 1e-12}
     )
     # Recover the weights from the output alone: merged = Σ a_j X_j.
@@ -175,7 +193,7 @@ def test_dfs_per_row_scores_rows_separately() -> None:
     a = torch.tensor([[-1.0] * 3, [0.0] * 3])
     b = torch.tensor([[0.0] * 3, [1.0] * 3])
     c = torch.tensor([[2.0] * 3, [0.0] * 3])
-    dfs = get_method("dfs")
+    dfs = tensor_method("dfs")
     per_row = dfs.merge_tensors(
         [a, b, c], weights=[], name="w", params={"per_row": True, "eps": 0.0}
     )
@@ -200,9 +218,9 @@ def test_registry_errors_are_clear() -> None:
     with pytest.raises(
         MergeConfigError, match=r"'dare' has no parameter 'densty'; parameters: .*density"
     ):
-        get_method("dare").resolve({"densty": 0.1})
+        ta_method("dare").resolve({"densty": 0.1})
     with pytest.raises(MergeConfigError, match=r"'mode': 'spherical' is not one of"):
-        get_method("slerp").resolve({"mode": "spherical"})
+        tensor_method("slerp").resolve({"mode": "spherical"})
 
 
 class _Echo(TensorMergeMethod):

@@ -36,7 +36,6 @@ class FamilySpec:
     vocab_size: int
     base: TrainSpec
     specialist: TrainSpec
-    eval_seq_len: int
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -52,7 +51,6 @@ class FamilySpec:
                 specialist=TrainSpec(
                     tokens=100_000, seq_len=64, batch_size=64, lr=1e-3, seed=seed + 1
                 ),
-                eval_seq_len=64,
             )
         if preset == "phase1-25m":
             return cls(
@@ -63,7 +61,6 @@ class FamilySpec:
                 specialist=TrainSpec(
                     tokens=6_000_000, seq_len=256, batch_size=32, lr=3e-4, seed=seed + 1
                 ),
-                eval_seq_len=256,
             )
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'phase1-25m'")
 
@@ -99,6 +96,46 @@ def _save_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, des
     os.replace(tmp, dest)
 
 
+#: Documents per task when scoring the family (enough to rank the specialists, fast on a CPU).
+EVAL_ITEMS = 50
+
+
+def family_scorer(
+    layout: Any, tokenizer: PreTrainedTokenizerBase, task_dir: Path, *, max_items: int = EVAL_ITEMS
+) -> Any:
+    """A callable scoring a model on every domain's test split with the fitness harness.
+
+    Uses the same lm-eval tasks and metrics as the evolution's fitness
+    (word perplexity, cloze accuracy), so Phase-1 and Phase-2 numbers compare.
+    """
+    from evomerge.data import DOMAINS
+    from evomerge.fitness import FitnessConfig, FitnessHarness, suite_for, write_tasks
+    from evomerge.fitness.tasks import cloze_task_name, ppl_task_name
+
+    write_tasks(layout, task_dir, splits=("test",))
+    config = FitnessConfig(split="test", max_items=max_items)
+    harness = FitnessHarness.build(
+        suite_for(task_dir, split="test"), tokenizer, "cpu", config=config
+    )
+
+    def score(model: PreTrainedModel) -> dict[str, Any]:
+        measured = harness.measure(model, cost=False)
+        per_domain = {
+            d: {
+                "perplexity": measured.tasks[ppl_task_name(d, "test")]["word_perplexity"],
+                "accuracy": measured.tasks[cloze_task_name(d, "test")]["acc"],
+            }
+            for d in DOMAINS
+        }
+        return {
+            "perplexity": measured.perplexity,
+            "accuracy": measured.accuracy,
+            "per_domain": per_domain,
+        }
+
+    return score
+
+
 def _forget_other_specs(out: Path, spec: FamilySpec) -> None:
     """Models made with other arguments must not be reused: remove them, then stamp this spec."""
     stamp = out / ".spec.json"
@@ -127,7 +164,6 @@ def make_family(
     from evomerge.architectures import get_architecture
     from evomerge.data import DOMAINS, prepare_data
     from evomerge.data.tokenizer import get_tokenizer
-    from evomerge.phase1.evaluate import cloze_accuracy, token_perplexity
 
     out = Path(out).resolve()
     manifest_path = out / "phase1.json"
@@ -197,31 +233,14 @@ def make_family(
 
     log("scoring the family on the test split")
     start = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for name, path in [
-        ("base", base_dir),
-        *[(f"model{i}", d) for i, d in enumerate(model_dirs, 1)],
-    ]:
-        model = _load(path).eval()
-        per_domain = {}
-        for domain in DOMAINS:
-            per_domain[domain] = {
-                "perplexity": token_perplexity(
-                    model,
-                    tokenizer,
-                    layout.paragraphs(domain, "test"),
-                    seq_len=spec.eval_seq_len,
-                    max_tokens=40_000,
-                ),
-                "accuracy": cloze_accuracy(
-                    model, tokenizer, layout.cloze_path(domain, "test"), max_items=200
-                ),
-            }
-        metrics[name] = {
-            "perplexity": sum(v["perplexity"] for v in per_domain.values()) / len(per_domain),
-            "accuracy": sum(v["accuracy"] for v in per_domain.values()) / len(per_domain),
-            "per_domain": per_domain,
-        }
+    scorer = family_scorer(layout, tokenizer, out / ".tasks", max_items=EVAL_ITEMS)
+    metrics = {
+        name: scorer(_load(path).eval())
+        for name, path in [
+            ("base", base_dir),
+            *[(f"model{i}", d) for i, d in enumerate(model_dirs, 1)],
+        ]
+    }
     timings["evaluate"] = time.perf_counter() - start
 
     result: dict[str, Any] = {

@@ -35,7 +35,9 @@ def inverse_variance_merge(
     importances = []
     for x in tensors:
         if rows:
-            deviation = (x - consensus).square_().mean(dim=reduce_dims, keepdim=True)  # (rows, 1...)
+            deviation = (
+                (x - consensus).square_().mean(dim=reduce_dims, keepdim=True)
+            )  # (rows, 1...)
         else:  # one fused pass: ||x - c||² / n
             deviation = torch.dist(x, consensus).square_().div_(max(1, x.numel()))
         importances.append((deviation + eps).reciprocal_())

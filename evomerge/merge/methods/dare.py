@@ -1,7 +1,7 @@
 """``dare``: Drop And REscale task vectors, with masks reproducible per tensor.
 
-Each ``τ_i`` keeps each element with probability ``density`` and is rescaled
-by ``1/density``; ``merge = Σ w_i·dare(τ_i)``. The mask of input ``i`` on
+Each ``τ_i`` keeps each element with probability ``density`` (to 1/65536) and
+is rescaled by ``1/density``; ``merge = Σ w_i·dare(τ_i)``. The mask of input ``i`` on
 tensor ``name`` comes from its own generator seeded by ``(seed, name, i)``, so
 the same seed gives the same masks whatever else changes (other tensors,
 their order, the device count, the other inputs). mergekit's ``dare_linear``
@@ -12,6 +12,7 @@ into mergekit as its own method ``dare``.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,10 +30,18 @@ def mask_seed(seed: int, name: str, index: int) -> int:
 def dare_mask(
     shape: torch.Size, *, density: float, seed: int, name: str, index: int, device: torch.device
 ) -> torch.Tensor:
-    """Keep-mask (1.0 / 0.0, float32) with P(keep) = ``density``, drawn from a generator of its own."""
+    """Boolean keep-mask, P(keep) = ``round(density·65536)/65536``, from a generator of its own.
+
+    Draws 64 random bits per 4 elements (16 bits each) instead of one float per
+    element: ~4x less RNG work, the hot spot of DARE on CPU.
+    """
     generator = torch.Generator(device=device)
     generator.manual_seed(mask_seed(seed, name, index))
-    return torch.rand(shape, generator=generator, device=device).lt_(density)
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), 2**63 - 1, generator=generator)
+    uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    return uniform16 < (-32768 + round(density * 65536))
 
 
 class Dare(TaskArithmeticMethod):
@@ -77,5 +86,5 @@ class Dare(TaskArithmeticMethod):
                 index=index,
                 device=delta.device,
             )
-            merged.addcmul_(delta, keep, value=float(w) / density)
+            merged.add_(torch.where(keep, delta, 0.0), alpha=float(w) / density)
         return merged

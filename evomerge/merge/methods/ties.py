@@ -79,11 +79,11 @@ class Ties(TaskArithmeticMethod):
         # weights are (Z + D)/2 or (Z − D)/2 with D = Σ w_i sign(W_i), Z = Σ w_i |sign(W_i)|.
         total = weighted.sum(0)  # S
         elected = (total >= 0).to(total.dtype).mul_(2).sub_(1)  # +1 / -1
-        w = torch.tensor(list(weights), dtype=weighted.dtype, device=weighted.device)
+        weight_vec = torch.tensor(list(weights), dtype=weighted.dtype, device=weighted.device)
         flat = weighted.reshape(len(deltas), -1)
         signs = torch.sign(flat)
-        signed_weight = torch.matmul(w, signs)  # D, (numel,)
-        nonzero_weight = torch.matmul(w, signs.abs_())  # Z
+        signed_weight = torch.matmul(weight_vec, signs)  # D, (numel,)
+        nonzero_weight = torch.matmul(weight_vec, signs.abs_())  # Z
         del signs
         magnitude = flat.abs_().sum(0)  # A
         merged = total.reshape(-1).addcmul_(elected.reshape(-1), magnitude).mul_(0.5)
