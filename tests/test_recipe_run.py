@@ -181,5 +181,6 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, phase1_tiny: dict) 
     _expect_exit_2(missing, "nope")
     assert not (tmp_path / "missing").exists()
     typo = tmp_path / "typo.yaml"
-    typo.write_text(two.read_text().replace("generations:", "generationz:"))
+    valid = _recipe(tmp_path, phase1_tiny, "valid")
+    typo.write_text(valid.read_text().replace("generations:", "generationz:"))
     _expect_exit_2(typo, "generationz")
