@@ -55,17 +55,23 @@ def mean_pairwise_distance(states: Sequence[Mapping[str, torch.Tensor]]) -> floa
     if len(states) < 2:
         return 0.0
     pairs = list(itertools.combinations(range(len(states)), 2))
-    squared = torch.zeros(len(pairs), dtype=torch.float64)
+    squared: torch.Tensor | None = None
     for name in states[0]:
         if not states[0][name].is_floating_point():
             continue
         tensors = [s[name] for s in states]
-        for k, (i, j) in enumerate(pairs):
-            # direct differences, not a Gram matrix: merged models are close, and
-            # |a|^2 + |b|^2 - 2ab cancels catastrophically in float32
-            squared[k] += float(
+        # direct differences, not a Gram matrix: merged models are close, and
+        # |a|^2 + |b|^2 - 2ab cancels catastrophically in float32; summed on the
+        # tensors' device, read back once (no host sync per tensor on a GPU)
+        per_pair = torch.stack(
+            [
                 (tensors[i].float() - tensors[j].float()).pow_(2).sum(dtype=torch.float64)
-            )
+                for i, j in pairs
+            ]
+        )
+        squared = per_pair if squared is None else squared + per_pair
+    if squared is None:
+        return 0.0
     return float(squared.clamp_min(0).sqrt().mean())
 
 
