@@ -103,6 +103,8 @@ def run_cmd(
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     result = outcome.result
+    if not result:  # a non-main process of `accelerate launch`: the main one reports
+        raise typer.Exit(outcome.exit_code)
     verdict = "[green]PASS[/green]" if result["passed"] else "[yellow]BELOW TARGET[/yellow]"
     console.print(
         f"{verdict}: improvement {result['improvement']:+.1%} (fitness split), "
