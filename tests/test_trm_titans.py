@@ -226,6 +226,25 @@ def test_bfloat16_forward(tiny_trm_model: PreTrainedModel, saved_tiny: Path) -> 
     assert (low.float() - full).abs().max() < 0.1 * full.abs().max()
 
 
+def test_bf16_autocast_training_step(tiny_trm_config) -> None:  # type: ignore[no-untyped-def]
+    """Mixed precision as on a GPU (accelerate bf16): the float32 memory recurrence must not
+    meet autocast's bf16 ops in place, in the grad step or in TRM's no-grad cycles."""
+    from evomerge_trm_titans.modeling import TrmTitansForCausalLM
+
+    torch.manual_seed(0)
+    model = TrmTitansForCausalLM(tiny_trm_config)
+    ids = _ids(2, 40, 2048)
+    full = float(model(input_ids=ids, labels=ids).loss.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert abs(float(loss) - full) < 0.05 * full
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(ids).logits).all()
+
+
 def test_greedy_generate_without_cache(tiny_trm_model: PreTrainedModel) -> None:
     ids = _ids(1, 12, 2048)
     out = tiny_trm_model.generate(ids, max_new_tokens=5, do_sample=False)  # type: ignore[operator]

@@ -6,6 +6,9 @@ and is mounted here; commands import heavy libraries lazily so ``--help`` is fas
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from evomerge.cli import (
@@ -36,4 +39,9 @@ app.add_typer(lineage_cmd.app, name="lineage")
 
 def main() -> None:
     """Console-script entry point."""
+    if sys.argv[1:2] != ["lm-eval"]:  # the lm-eval passthrough keeps lm-eval's own output
+        # evomerge draws its own (rich) progress; the libraries' tqdm bars (weights loading,
+        # dataset generation, request building) would print hundreds of lines per run
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     app()

@@ -183,12 +183,13 @@ class EvolutionLoop:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Generation 0: the eight combos of the inputs."""
+        started = time.perf_counter()
         self.on_progress("generation 0: 8 combos")
         self.population = [
             self._combo_into(self.pool.acquire(), label, None, f"g0000-{i}", 0)
             for i, label in enumerate(COMBOS)
         ]
-        self._evaluate_and_record(0, reseeded=False)
+        self._evaluate_and_record(0, reseeded=False, started=started)
 
     def resume(self) -> None:
         """Rebuild the population and state from the checkpoint (weights, not re-merging)."""
@@ -210,6 +211,7 @@ class EvolutionLoop:
         return self.state
 
     def step(self) -> None:
+        started = time.perf_counter()
         gen = self.state.generation + 1
         ranked = sorted(self.population, key=lambda c: (-c.fitness, c.node.id))
         elites, losers = ranked[:2], ranked[2:]
@@ -231,11 +233,12 @@ class EvolutionLoop:
                 new.append(self._mutant_into(out, elite, f"g{gen:04d}-{3 * e_index + k}", gen))
         # the one free slot left is the next generation's workspace
         self.population = sorted(new, key=lambda c: c.node.id)
-        self._evaluate_and_record(gen, reseeded=reseed)
+        self._evaluate_and_record(gen, reseeded=reseed, started=started)
 
     # --------------------------------------------------------- evaluation
-    def _evaluate_and_record(self, gen: int, *, reseeded: bool) -> None:
-        start = time.perf_counter()
+    def _evaluate_and_record(self, gen: int, *, reseeded: bool, started: float) -> None:
+        """``started``: when the generation's merges began (its seconds include them)."""
+        scoring_started = time.perf_counter()
         scores = self.score_many([c.model for c in self.population])
         for cand, cand_score in zip(self.population, scores, strict=True):
             cand.score = cand_score
@@ -272,7 +275,8 @@ class EvolutionLoop:
                 "combo_usage": dict(self.state.combo_usage),
                 "reseeded": reseeded,
                 "resident_models": self.pool.live,
-                "seconds": time.perf_counter() - start,
+                "seconds": time.perf_counter() - started,
+                "scoring_seconds": time.perf_counter() - scoring_started,
             }
         )
 

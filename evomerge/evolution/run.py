@@ -75,6 +75,27 @@ def _prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _shared_cost(measurements: Sequence[Any]) -> tuple[float, int]:
+    """Harmonic means of the inputs' time and memory: 1/shared = mean(1/x_i), so with
+    ``normalize: inputs`` the shared speed and memory terms are 1.0 (memory: to a byte)."""
+    n = len(measurements)
+    return (
+        n / sum(1 / m.time_per_1k_tokens for m in measurements),
+        round(n / sum(1 / m.peak_memory_bytes for m in measurements)),
+    )
+
+
+def _device_report(device: torch.device) -> dict[str, Any]:
+    """Which device ran the run and its allocator peak (the seed's < 6 GB budget is per GPU)."""
+    report: dict[str, Any] = {"type": device.type, "torch": torch.__version__}
+    if device.type == "cuda":
+        report["name"] = torch.cuda.get_device_name(device)
+        from evomerge.fitness.cost import process_peak_memory
+
+        report["peak_memory_allocated_bytes"] = process_peak_memory(device)
+    return report
+
+
 def _device(recipe: Recipe) -> torch.device:
     if recipe.device.device == "auto":
         from accelerate import PartialState
@@ -101,6 +122,7 @@ class Run:
         self.progress = progress
         self.log = log
         self.out = Path(recipe.output)
+        self._display: Any = None  # the live progress line, set up by execute()
 
     # ----------------------------------------------------------------- setup
     def _load_inputs(self, paths: Sequence[Path], pool: ModelPool) -> list[PreTrainedModel]:
@@ -152,11 +174,10 @@ class Run:
             samples = [t for m in measurements for t in m.time_samples]
             # harmonic means: 1/shared = mean(1/x_i), so with `normalize: inputs` the shared
             # speed and memory terms are exactly 1.0, whatever the timing noise of this run
+            time_shared, memory_shared = _shared_cost(measurements)
             self.shared_cost = {
-                "time_per_1k_tokens": len(measurements)
-                / sum(1 / m.time_per_1k_tokens for m in measurements),
-                "peak_memory_bytes": len(measurements)
-                / sum(1 / m.peak_memory_bytes for m in measurements),
+                "time_per_1k_tokens": time_shared,
+                "peak_memory_bytes": memory_shared,
                 "time_noise": noise_stats(samples),
                 "peak_memory_per_input": [m.peak_memory_bytes for m in measurements],
             }
@@ -312,7 +333,10 @@ class Run:
             if self.is_main
             else contextlib.nullcontext(None)
         )
-        with tracker_cm as tracker:
+        from evomerge.evolution.display import GenerationDisplay
+
+        self._display = GenerationDisplay(evo.generations, enabled=self.progress and self.is_main)
+        with tracker_cm as tracker, self._display:
             loop = EvolutionLoop(
                 inputs=inputs,
                 pool=pool,
@@ -328,6 +352,7 @@ class Run:
             )
             if self.resume:
                 loop.resume()
+                self._display.resumed(loop.state.generation)
                 self.log(f"resumed after generation {loop.state.generation}")
             else:
                 loop.start()
@@ -359,6 +384,7 @@ class Run:
         if tracker is None:
             return
         tracker.log_generation(record)
+        self._display.update(record)
         self.log(
             f"gen {record['generation']:>3}  best {record['best_fitness']:.4f}  "
             f"diversity {record['diversity']:.3f}  resident {record['resident_models'] + 0}"
@@ -407,8 +433,16 @@ class Run:
         )
         test_inputs = [test_harness.measure(m) for m in inputs]
         test_fitness = CompositeFitness.from_inputs(cfg, test_inputs)
+        # Same architecture as in selection: the champion and the inputs share the inputs'
+        # measured cost, so timing noise cannot move the held-out improvement (a champion
+        # timed alone once measured 1.49x "faster" while the other process was exiting).
+        shared = _shared_cost(test_inputs)
+        for m in test_inputs:
+            m.time_per_1k_tokens, m.peak_memory_bytes = shared
         test_input_scores = [test_fitness.score(m) for m in test_inputs]
-        test_champion = test_fitness.score(test_harness.measure(champion))
+        measured_champion = test_harness.measure(champion, cost=False)
+        measured_champion.time_per_1k_tokens, measured_champion.peak_memory_bytes = shared
+        test_champion = test_fitness.score(measured_champion)
 
         input_mean = sum(s.total for s in input_scores) / len(input_scores)
         test_input_mean = sum(s.total for s in test_input_scores) / len(test_input_scores)
@@ -468,6 +502,7 @@ class Run:
                 "peak": pool.peak_live,
                 "allocated": pool.allocated,
             },
+            "device": _device_report(device),
             "recipe": self.recipe.model_dump(mode="json"),
         }
         atomic_write_bytes(

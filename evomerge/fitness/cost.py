@@ -158,6 +158,7 @@ class CostProbe:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             base = torch.cuda.memory_allocated(device)
+            _remember_process_peak(device)  # the reset below would lose the run's peak
             torch.cuda.reset_peak_memory_stats(device)
             logits = self._forward(model, autocast_dtype)
             torch.cuda.synchronize(device)
@@ -173,6 +174,22 @@ class CostProbe:
             del logits
             self._cpu_peaks[key] = parameter_bytes(model) + tracker.peak
         return self._cpu_peaks[key]
+
+
+_PROCESS_PEAKS: dict[str, int] = {}
+
+
+def _remember_process_peak(device: torch.device) -> None:
+    key = str(device)
+    _PROCESS_PEAKS[key] = max(
+        _PROCESS_PEAKS.get(key, 0), int(torch.cuda.max_memory_allocated(device))
+    )
+
+
+def process_peak_memory(device: torch.device) -> int:
+    """This process's allocator peak on a CUDA device, across :meth:`CostProbe.peak_memory` resets."""
+    _remember_process_peak(device)
+    return _PROCESS_PEAKS[str(device)]
 
 
 def noise_stats(samples: list[float]) -> dict[str, float]:

@@ -152,27 +152,48 @@ class NeuralMemory(nn.Module):
 
     def forward(self, a: torch.Tensor, write_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = a.shape
+        # The projections run under the caller's autocast; the fast-weight recurrence below
+        # runs in float32 with autocast off: its in-place state updates must keep one dtype,
+        # and chunk-after-chunk accumulation in bf16 would drift.
+        q, k, v = self.q_proj(a), self.k_proj(a), self.v_proj(a)
+        step, momentum, forget = self.step_proj(a), self.momentum_proj(a), self.forget_proj(a)
+        with torch.autocast(a.device.type, enabled=False):
+            out = self._recurrence(B, T, q, k, v, step, momentum, forget, write_mask)
+        return self._merge_heads(out, B, T)
+
+    def _recurrence(
+        self,
+        B: int,
+        T: int,
+        q_raw: torch.Tensor,  # (B, T, H*D), and k_raw, v_raw
+        k_raw: torch.Tensor,
+        v_raw: torch.Tensor,
+        step_raw: torch.Tensor,  # (B, T, H) gate logits, and momentum_raw, forget_raw
+        momentum_raw: torch.Tensor,
+        forget_raw: torch.Tensor,
+        write_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The memory's reads over the sequence, chunk by chunk: (B*H, T, D) float32."""
         H, D, L = self.n_head, self.head_dim, self.chunk
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, H*D) -> (B*H, T, D) float32
             return t.float().view(B, T, H, D).transpose(1, 2).reshape(B * H, T, D)
 
-        q = F.normalize(heads(self.q_proj(a)), dim=-1)  # unit keys/queries bound the write size
+        q = F.normalize(heads(q_raw), dim=-1)  # unit keys/queries bound the write size
         w1 = self.w1_init.float().repeat(B, 1, 1)  # (B*H, D, E)
         w2 = self.w2_init.float().repeat(B, 1, 1)  # (B*H, E, D)
         if not self.config.use_memory:  # frozen at M0: a plain per-head MLP
-            out = F.silu(q @ w1) @ w2  # (B*H, T, D)
-            return self._merge_heads(out, B, T)
+            return F.silu(q @ w1) @ w2  # (B*H, T, D)
 
-        k = F.normalize(heads(self.k_proj(a)), dim=-1)
-        v = heads(self.v_proj(a))
+        k = F.normalize(heads(k_raw), dim=-1)
+        v = heads(v_raw)
 
         def per_head(t: torch.Tensor, offset: float) -> torch.Tensor:  # (B, T, H) -> (B*H, T)
             return torch.sigmoid(t.float() + offset).transpose(1, 2).reshape(B * H, T)
 
-        theta = per_head(self.step_proj(a), STEP_OFFSET)
-        eta = per_head(self.momentum_proj(a), MOMENTUM_OFFSET)
-        alpha = per_head(self.forget_proj(a), FORGET_OFFSET)
+        theta = per_head(step_raw, STEP_OFFSET)
+        eta = per_head(momentum_raw, MOMENTUM_OFFSET)
+        alpha = per_head(forget_raw, FORGET_OFFSET)
         if write_mask is not None:  # padding never writes nor forgets
             real = write_mask.float().repeat_interleave(H, dim=0)  # (B*H, T)
             theta, alpha = theta * real, alpha * real
@@ -215,8 +236,7 @@ class NeuralMemory(nn.Module):
             s2, w2 = _momentum_step(
                 s2, w2, hk.transpose(1, 2), err, eta[:, c], keep[:, c], in_place
             )
-        out = torch.cat(outs, dim=1)[:, :T]  # (B*H, T, D)
-        return self._merge_heads(out, B, T)
+        return torch.cat(outs, dim=1)[:, :T]  # (B*H, T, D)
 
     def _merge_heads(self, out: torch.Tensor, B: int, T: int) -> torch.Tensor:
         out = out.view(B, self.n_head, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
