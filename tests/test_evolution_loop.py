@@ -53,7 +53,7 @@ def _weighted_merge(
 
 
 def _make_loop(
-    tmp: Path, batch: torch.Tensor, generations: int = 3
+    tmp: Path, batch: torch.Tensor, generations: int = 3, operator: str = "gaussian"
 ) -> tuple[EvolutionLoop, ModelPool]:
     pool = ModelPool(_factory, capacity=12)
     torch.manual_seed(0)
@@ -79,6 +79,7 @@ def _make_loop(
         early_stop_min_improvement=None,
         early_stop_patience=5,
         seed=7,
+        operator=operator,
     )
     loop = EvolutionLoop(
         inputs=inputs,
@@ -152,3 +153,52 @@ def test_pool_refuses_a_thirteenth_model() -> None:
     pool.acquire()
     with pytest.raises(PoolExhaustedError):
         pool.acquire()
+
+
+def test_input_direction_step_moves_along_one_input_and_replays_from_its_seed() -> None:
+    from evomerge.evolution.operators import apply_mutation_, step_toward_input_
+
+    torch.manual_seed(0)
+    inputs = [{"w": torch.randn(6, 5), "b": torch.randn(5)} for _ in range(3)]
+    parent = {"w": torch.randn(6, 5), "b": torch.randn(5)}
+    child = {k: v.clone() for k, v in parent.items()}
+    drawn = step_toward_input_(child, inputs, sigma=0.3, rate=1.0, seed=11)
+    k, eps = int(drawn["input"]), float(drawn["eps"])
+    assert eps != 0.0
+    for name in parent:  # exactly eps of the way from the parent toward input k
+        expected = parent[name] + eps * (inputs[k][name] - parent[name])
+        torch.testing.assert_close(child[name], expected)
+    replay = {n: v.clone() for n, v in parent.items()}
+    record = {"operator": "input_direction", "sigma": 0.3, "rate": 1.0, "mode": "relative"}
+    assert apply_mutation_(replay, record, seed=11, inputs=inputs) == drawn
+    assert all(torch.equal(replay[n], child[n]) for n in parent)
+    partial = {n: v.clone() for n, v in parent.items()}
+    step_toward_input_(partial, inputs, sigma=0.3, rate=0.5, seed=11)
+    moved = (partial["w"] != parent["w"]).float().mean()
+    assert 0.2 < float(moved) < 0.8  # about half the elements moved
+    with pytest.raises(ValueError, match="operator"):
+        apply_mutation_(replay, {**record, "operator": "nope"}, seed=1, inputs=inputs)
+
+
+def test_loop_records_input_direction_steps_that_replay_exactly(
+    tmp_path: Path, batch: torch.Tensor
+) -> None:
+    from evomerge.evolution.operators import apply_mutation_
+
+    loop, pool = _make_loop(tmp_path, batch, generations=1, operator="input_direction")
+    loop.start()
+    loop.step()
+    mutants = [c for c in loop.population if c.node.kind == "mutation"]
+    assert len(mutants) == 6
+    inputs = [weights(m) for m in loop.inputs]
+    for cand in mutants:
+        record = cand.node.mutation
+        assert record is not None and record["operator"] == "input_direction"
+        assert record["input"] in (0, 1, 2) and record["eps"] != 0.0
+        parent = loop.book.nodes[cand.node.parents[0]]  # a generation-0 combo of the inputs
+        assert parent.kind == "combo" and parent.combo is not None
+        replay = pool.acquire()
+        _weighted_merge(parent.combo, loop.inputs, replay, 0)
+        apply_mutation_(weights(replay), record, seed=cand.node.seed, inputs=inputs)
+        assert all(torch.equal(weights(replay)[k], v) for k, v in weights(cand.model).items())
+        pool.release(replay)

@@ -141,6 +141,14 @@ def test_finish_writes_a_png_with_reseed_markers(tmp_path: Path) -> None:
     assert plain.read_bytes() != png.read_bytes()
 
 
+def test_plot_draws_the_inputs_mean_and_the_target(tmp_path: Path) -> None:
+    records = [_record(g) for g in range(4)]
+    bare = plot_evolution(records, tmp_path / "bare.png", title="t")
+    lines = plot_evolution(records, tmp_path / "lines.png", title="t", baseline=1.0, target=1.2)
+    assert _png_size(lines) == (800, 600)
+    assert lines.read_bytes() != bare.read_bytes()
+
+
 def test_plot_survives_an_exception_inside_the_run(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), _tracker(tmp_path) as tr:
         tr.log_generation(_record(0))

@@ -25,7 +25,12 @@ from transformers import PreTrainedModel
 
 from evomerge.evolution.checkpoint import Checkpoint
 from evomerge.evolution.lineage import INPUT_IDS, LineageBook, LineageNode
-from evomerge.evolution.operators import derive_seed, diversity, mean_pairwise_distance, mutate_
+from evomerge.evolution.operators import (
+    apply_mutation_,
+    derive_seed,
+    diversity,
+    mean_pairwise_distance,
+)
 from evomerge.evolution.pool import ModelPool, copy_weights_, load_weights_, weights
 
 COMBOS = tuple(f"{i:03b}" for i in range(8))  # "000".."111", b0 interpolation first
@@ -50,6 +55,7 @@ class LoopSettings:
     early_stop_min_improvement: float | None
     early_stop_patience: int
     seed: int
+    operator: str = "gaussian"
 
 
 @dataclass
@@ -156,12 +162,14 @@ class EvolutionLoop:
         seed = derive_seed(self.settings.seed, "mutation", node_id)
         if out is not parent.model:
             copy_weights_(out, parent.model)
-        mutate_(
-            _state(out),
-            sigma=self.settings.sigma,
-            rate=self.settings.rate,
-            mode=self.settings.sigma_mode,
-            seed=seed,
+        mutation: dict[str, Any] = {
+            "operator": self.settings.operator,
+            "sigma": self.settings.sigma,
+            "rate": self.settings.rate,
+            "mode": self.settings.sigma_mode,
+        }
+        drawn = apply_mutation_(
+            _state(out), mutation, seed=seed, inputs=[_state(m) for m in self.inputs]
         )
         node = LineageNode(
             id=node_id,
@@ -169,11 +177,7 @@ class EvolutionLoop:
             kind="mutation",
             parents=[parent.node.id],
             seed=seed,
-            mutation={
-                "sigma": self.settings.sigma,
-                "rate": self.settings.rate,
-                "mode": self.settings.sigma_mode,
-            },
+            mutation={**mutation, **drawn},
         )
         return Candidate(out, self.book.add(node))
 

@@ -1,5 +1,8 @@
 """Mutation and diversity: the two operators the loop adds on top of merging.
 
+Two mutation operators: ``gaussian`` (the seed's noise, ``mutate_``) and
+``input_direction`` (a random step toward one input, ``step_toward_input_``).
+
 Randomness is keyed, not streamed: each tensor's noise comes from a generator
 seeded by (seed, tensor name), so a child can be rebuilt from its lineage
 alone and a resumed run draws exactly what the uninterrupted run drew.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -47,6 +51,61 @@ def mutate_(
         if mode == "relative":
             scale = sigma * float(tensor.float().pow(2).mean().sqrt())
         tensor.add_((noise * scale * mask).to(tensor.dtype))
+
+
+@torch.no_grad()
+def step_toward_input_(
+    state: Mapping[str, torch.Tensor],
+    inputs: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    sigma: float,
+    rate: float,
+    seed: int,
+) -> dict[str, float | int]:
+    """Move a random fraction ``rate`` of the elements ``eps ~ N(0, sigma)`` of the way to one input.
+
+    Isotropic noise explores directions no input model ever took; a step along
+    ``input_k - parent`` re-weights the parent's mix of the specialists (a
+    merge-coefficient search done in weight space). ``k`` and ``eps`` come from
+    ``seed``, so the step is rebuilt from the lineage; they are returned for it.
+    """
+    import random
+
+    rng = random.Random(seed)
+    k = rng.randrange(len(inputs))
+    eps = rng.gauss(0.0, sigma)
+    for name in sorted(state):
+        tensor = state[name]
+        if not tensor.is_floating_point():
+            continue
+        delta = inputs[k][name].to(tensor.dtype) - tensor  # (same shape as the tensor)
+        if rate < 1.0:
+            gen = torch.Generator(device=tensor.device).manual_seed(derive_seed(seed, name))
+            delta *= torch.rand(tensor.shape, generator=gen, device=tensor.device) < rate
+        tensor.add_(delta, alpha=eps)
+    return {"input": k, "eps": eps}
+
+
+@torch.no_grad()
+def apply_mutation_(
+    state: Mapping[str, torch.Tensor],
+    mutation: Mapping[str, Any],
+    *,
+    seed: int,
+    inputs: Sequence[Mapping[str, torch.Tensor]],
+) -> dict[str, float | int]:
+    """Apply the mutation a lineage node records (the loop and ``lineage rebuild`` share this)."""
+    operator = mutation.get("operator", "gaussian")  # lineage written before operators existed
+    if operator == "gaussian":
+        mutate_(
+            state, sigma=mutation["sigma"], rate=mutation["rate"], mode=mutation["mode"], seed=seed
+        )
+        return {}
+    if operator == "input_direction":
+        return step_toward_input_(
+            state, inputs, sigma=mutation["sigma"], rate=mutation["rate"], seed=seed
+        )
+    raise ValueError(f"unknown mutation operator {operator!r}")
 
 
 @torch.no_grad()

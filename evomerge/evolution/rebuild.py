@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from evomerge.evolution.lineage import INPUT_IDS, LineageNode
-from evomerge.evolution.operators import mutate_
+from evomerge.evolution.operators import apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
 
 
@@ -56,12 +56,11 @@ def rebuild_champion(
         else:
             assert node.mutation is not None
             copy_weights_(out, built[node.parents[0]])
-            mutate_(
+            apply_mutation_(
                 weights(out),
-                sigma=node.mutation["sigma"],
-                rate=node.mutation["rate"],
-                mode=node.mutation["mode"],
+                node.mutation,
                 seed=node.seed,
+                inputs=[weights(m) for m in inputs],
             )
         built[node.id] = out
         for parent in node.parents:

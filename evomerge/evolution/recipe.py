@@ -61,12 +61,21 @@ class InputsConfig(_Strict):
 
 
 class MutationConfig(_Strict):
-    """Gaussian noise that turns each elite into its mutated children."""
+    """How each elite becomes its mutated children."""
 
-    sigma: float = Field(0.01, gt=0, description="Gaussian noise scale.")
+    operator: Literal["gaussian", "input_direction"] = Field(
+        "gaussian",
+        description=(
+            "gaussian: N(0, sigma) noise (the seed); input_direction: a step of "
+            "eps ~ N(0, sigma) of the way toward one random input model."
+        ),
+    )
+    sigma: float = Field(
+        0.01, gt=0, description="Noise scale (gaussian) or step scale (input_direction)."
+    )
     sigma_mode: Literal["absolute", "relative"] = Field(
         "relative",
-        description="absolute: sigma in weight units (the seed); relative: sigma x each tensor's RMS.",
+        description="gaussian only. absolute: sigma in weight units (the seed); relative: sigma x each tensor's RMS.",
     )
     rate: float = Field(0.01, gt=0, le=1, description="Fraction of elements perturbed.")
 

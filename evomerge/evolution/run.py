@@ -313,6 +313,7 @@ class Run:
             generations=evo.generations,
             sigma=evo.mutation.sigma,
             sigma_mode=evo.mutation.sigma_mode,
+            operator=evo.mutation.operator,
             rate=evo.mutation.rate,
             min_diversity=evo.min_diversity,
             early_stop_min_improvement=None
@@ -321,6 +322,7 @@ class Run:
             early_stop_patience=5 if evo.early_stop is None else evo.early_stop.patience,
             seed=evo.seed,
         )
+        baseline = sum(s.total for s in input_scores) / len(input_scores)
         tracker_cm: Any = (
             Tracker(
                 self.out,
@@ -329,6 +331,8 @@ class Run:
                 wandb_mode=recipe.tracking.wandb_mode,
                 config=recipe.model_dump(mode="json"),
                 resume=self.resume,
+                baseline=baseline,
+                target=baseline * (1 + recipe.fitness.min_improvement),
             )
             if self.is_main
             else contextlib.nullcontext(None)

@@ -89,8 +89,13 @@ def plot_evolution(
     *,
     min_diversity: float | None = None,
     title: str = "",
+    baseline: float | None = None,
+    target: float | None = None,
 ) -> Path:
     """Champion fitness and diversity per generation, re-seeded generations marked.
+
+    ``baseline`` (the inputs' mean fitness) and ``target`` (baseline x (1 +
+    min_improvement)) are drawn as lines: a curve means little without them.
 
     Uses matplotlib's object API with the Agg canvas, so it never touches
     pyplot's global backend of the calling program. Written atomically.
@@ -108,6 +113,11 @@ def plot_evolution(
     ax_fit, ax_div = fig.subplots(2, 1, sharex=True)
     ax_fit.plot(gens, series("best_fitness"), marker="o", ms=3, label="champion (best ever)")
     ax_fit.plot(gens, series("elite1_fitness"), lw=1, alpha=0.6, label="best of generation")
+    if baseline is not None:
+        ax_fit.axhline(baseline, color="tab:gray", ls=":", lw=1, label="inputs' mean")
+    if target is not None:
+        gain = f" ({target / baseline - 1:+.0%} vs inputs)" if baseline else ""
+        ax_fit.axhline(target, color="tab:red", ls="--", lw=1, label=f"target{gain}")
     ax_fit.set_ylabel("fitness")
     ax_div.plot(gens, series("diversity"), marker="o", ms=3, color="tab:green", label="diversity")
     if min_diversity is not None:
@@ -121,6 +131,9 @@ def plot_evolution(
             ax.axvline(
                 g, color="tab:orange", alpha=0.5, lw=1, label="re-seeded" if i == 0 else None
             )
+    from matplotlib.ticker import MaxNLocator
+
+    ax_div.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole
     for ax in (ax_fit, ax_div):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
@@ -152,6 +165,8 @@ class Tracker:
         config: Mapping[str, Any] | None = None,
         resume: bool = False,
         min_diversity: float | None = None,
+        baseline: float | None = None,
+        target: float | None = None,
     ) -> None:
         if wandb_mode not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb_mode must be offline, online or disabled, got {wandb_mode!r}")
@@ -165,6 +180,7 @@ class Tracker:
             evo = self.config.get("evolution")
             min_diversity = evo.get("min_diversity") if isinstance(evo, Mapping) else None
         self.min_diversity = min_diversity
+        self.baseline, self.target = baseline, target
         self.log_path = self.out_dir / LOG_FILE
         self.plot_path = self.out_dir / PLOT_FILE
         self.run: Any = None  # the wandb Run, when W&B is on and started
@@ -277,7 +293,12 @@ class Tracker:
         """Draw ``OUT/evolution.png`` from the log on disk (so a resumed run's plot is whole)."""
         records = [r for r in read_log(self.out_dir) if "generation" in r]
         return plot_evolution(
-            records, self.plot_path, min_diversity=self.min_diversity, title=self.run_name
+            records,
+            self.plot_path,
+            min_diversity=self.min_diversity,
+            title=self.run_name,
+            baseline=self.baseline,
+            target=self.target,
         )
 
     def finish(self, summary: Mapping[str, Any]) -> None:
