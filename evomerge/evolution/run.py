@@ -172,8 +172,6 @@ class Run:
         else:
             composite = composite_cls.from_inputs(cfg, measurements)
             samples = [t for m in measurements for t in m.time_samples]
-            # harmonic means: 1/shared = mean(1/x_i), so with `normalize: inputs` the shared
-            # speed and memory terms are exactly 1.0, whatever the timing noise of this run
             time_shared, memory_shared = _shared_cost(measurements)
             self.shared_cost = {
                 "time_per_1k_tokens": time_shared,
