@@ -40,8 +40,12 @@ app.add_typer(lineage_cmd.app, name="lineage")
 def main() -> None:
     """Console-script entry point."""
     if sys.argv[1:2] != ["lm-eval"]:  # the lm-eval passthrough keeps lm-eval's own output
-        # evomerge draws its own (rich) progress; the libraries' tqdm bars (weights loading,
-        # dataset generation, request building) would print hundreds of lines per run
-        os.environ.setdefault("TQDM_DISABLE", "1")
+        # evomerge draws its own (rich) progress; the libraries' bars (weights loading per
+        # model, dataset generation per task file) would print dozens of lines per run.
+        # transformers is already imported (evomerge registers its architectures there);
+        # datasets reads its variable when lm-eval first imports it.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     app()

@@ -12,6 +12,8 @@ the metrics are lm-eval's by construction (pinned by a test against
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from collections import defaultdict
@@ -131,7 +133,10 @@ class FitnessHarness:
                     f"task {name!r}: output_type {output_type!r} is not supported by the fast "
                     f"harness (supported: {', '.join(SUPPORTED_OUTPUT_TYPES)})"
                 )
-            task.build_all_requests(limit=config.max_items, rank=0, world_size=1)
+            # lm-eval draws a tqdm bar here that no argument turns off, once per task and
+            # harness build (several per run); its log records go through logging, not this
+            with contextlib.redirect_stderr(io.StringIO()):
+                task.build_all_requests(limit=config.max_items, rank=0, world_size=1)
             spans: list[list[int]] = []
             docs: dict[int, Any] = {}
             for inst in task.instances:
