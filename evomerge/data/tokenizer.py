@@ -32,6 +32,23 @@ CHARS_PER_DOMAIN = 1_000_000
 #: Smallest usable vocab: 256 byte symbols + the special token.
 MIN_VOCAB = 257
 _META = "evomerge_tokenizer.json"
+#: Files that define how a saved tokenizer tokenizes, in the order input validation
+#: hashes them (the same-tokenizer check compares these, nothing else).
+TOKENIZER_VOCAB_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+)
+#: Every file ``save_pretrained`` may write for a tokenizer: what a merged model
+#: dir copies from its inputs so that ``AutoTokenizer`` loads it.
+TOKENIZER_FILES: tuple[str, ...] = TOKENIZER_VOCAB_FILES + (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def get_tokenizer(vocab_size: int = 8192, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:

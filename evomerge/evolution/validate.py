@@ -20,13 +20,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from evomerge.data.tokenizer import TOKENIZER_VOCAB_FILES as TOKENIZER_FILES
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-#: Files that define a tokenizer's vocabulary, in the order they are hashed.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
 #: tokenizer.json keys that define tokenization (truncation/padding settings do not).
 _TOKENIZER_JSON_KEYS = (
     "added_tokens",

@@ -8,8 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from evomerge.data.layout import DOMAINS
 from evomerge.fitness.scoring import DEFAULT_BATCH_TOKENS
-from evomerge.fitness.tasks import DEFAULT_DOMAINS
 
 #: The seed's weights: 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory.
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -32,7 +32,7 @@ class FitnessConfig(BaseModel):
 
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     normalize: Literal["inputs", "none"] = "inputs"
-    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS))
+    domains: list[str] = Field(default_factory=lambda: list(DOMAINS))
     split: Literal["fitness", "test"] = "fitness"
     #: Task names; None = the generated perplexity and cloze task of every domain for `split`.
     tasks: list[str] | None = None

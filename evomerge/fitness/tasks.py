@@ -18,13 +18,12 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, Protocol
 
+from evomerge.data.layout import DOMAINS, EVAL_SPLITS
 from evomerge.fitness.offline import ensure_offline
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
 
-DEFAULT_DOMAINS: tuple[str, ...] = ("narrative", "technical", "dialogue")
-SPLITS: tuple[str, ...] = ("fitness", "test")
 _PPL_FIELDS = ("text",)
 _CLOZE_FIELDS = ("id", "context", "choices", "label")
 
@@ -83,8 +82,8 @@ def write_tasks(
     layout: DataLayoutLike,
     out_dir: Path,
     *,
-    domains: Sequence[str] = DEFAULT_DOMAINS,
-    splits: Sequence[str] = SPLITS,
+    domains: Sequence[str] = DOMAINS,
+    splits: Sequence[str] = EVAL_SPLITS,
 ) -> Path:
     """Write concrete task YAMLs (per domain and split) and groups into ``out_dir``; return it."""
     out_dir = Path(out_dir).resolve()
@@ -157,14 +156,14 @@ class TaskSuite:
 def suite_for(
     task_dir: Path,
     *,
-    domains: Sequence[str] = DEFAULT_DOMAINS,
+    domains: Sequence[str] = DOMAINS,
     split: str = "fitness",
     tasks: Sequence[str] | None = None,
     extra_dirs: Sequence[Path] = (),
 ) -> TaskSuite:
     """The suite of ``tasks`` (default: every generated task of ``domains`` and ``split``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     names = tuple(tasks) if tasks else tuple(generated_task_names(domains, split))
     paths = (Path(task_dir).resolve(), *(Path(p).resolve() for p in extra_dirs))
     return TaskSuite(names=names, include_paths=paths, split=split)

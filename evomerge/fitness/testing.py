@@ -18,8 +18,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-FIXTURE_DOMAINS: tuple[str, ...] = ("narrative", "technical", "dialogue")
-FIXTURE_SPLITS: tuple[str, ...] = ("fitness", "test")
+from evomerge.data.layout import DOMAINS, EVAL_SPLITS
+
 _EOT = "<|endoftext|>"
 
 
@@ -162,13 +162,13 @@ def write_fixture_data(
     paragraphs = paragraphs if paragraphs is not None else stdlib_paragraphs()
     vocab = sorted({w for p in paragraphs for w in p.split() if w.isalpha() and len(w) > 3})
     layout = FixtureLayout(Path(root).resolve())
-    need = len(FIXTURE_DOMAINS) * len(FIXTURE_SPLITS) * per_split * 2
+    need = len(DOMAINS) * len(EVAL_SPLITS) * per_split * 2
     if len(paragraphs) < need:
         raise ValueError(f"need {need} paragraphs for the fixture data, got {len(paragraphs)}")
     chunks = iter(range(0, need, per_split))
-    for domain in FIXTURE_DOMAINS:
+    for domain in DOMAINS:
         (layout.root / domain).mkdir(parents=True, exist_ok=True)
-        for split in FIXTURE_SPLITS:
+        for split in EVAL_SPLITS:
             start = next(chunks)
             ppl = paragraphs[start : start + per_split]
             layout.ppl_path(domain, split).write_text(

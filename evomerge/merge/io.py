@@ -12,23 +12,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from evomerge.data.tokenizer import TOKENIZER_FILES
 from evomerge.merge.base import MergeConfigError
 from evomerge.merge.engine import InputSet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 
 
 def load_model(path: str) -> PreTrainedModel:
