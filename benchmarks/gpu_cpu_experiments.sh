@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CPU side of benchmarks/gpu_session.sh (started by its family step, with setsid): on the
 # tiny family carried in .evcache/phase1-tiny, the quickstart recipe with sigma_mode
-# relative vs absolute x seeds 0-2 (DESIGN.md: the default is the mode with the better
-# held-out improvement), and the accelerate 2-process (gloo) run vs 1 process.
+# relative vs absolute x seeds 0-2 (docs/design.md "Mutation": the default is the mode with
+# the better held-out improvement), and the accelerate 2-process (gloo) run vs 1 process.
 # One thread per process, no GPU; logs and outputs in /tmp/exp (each log ends "exit N").
 set -u
 export OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=

@@ -11,7 +11,8 @@
 # launch-bound), more than one 10-minute call with the rest; `phase1 make` keeps each
 # finished model, so a second `family` call continues where the first stopped. For a
 # short lease, benchmarks/gpu_probe.py runs the same path on a few-step family instead.
-# Needs, carried with the tree: .whl (benchmarks' wheels, ../shared/device/wheels.sh) and
+# Needs, carried with the tree: .whl (wheels of the dependencies the GPU image lacks, fetched
+# beforehand with `pip download --only-binary=:all: -d .whl ...`) and
 # .evcache (data/v1 of a prepared data cache, and phase1-tiny/: the tiny family), because
 # the GPU machine has no network. Everything it measures lands in $OUT (logs, results-*.tgz).
 set -u

@@ -36,7 +36,7 @@ def mutate_(
     """Add N(0, sigma) noise to a random fraction ``rate`` of every floating tensor, in place.
 
     ``mode="relative"`` scales sigma by each tensor's RMS, so noise has the
-    inputs' own scale (DESIGN.md: absolute sigma=0.01 swamped a real family).
+    inputs' own scale (docs/design.md "Mutation": absolute sigma=0.01 swamped a real family).
     """
     if mode not in ("absolute", "relative"):
         raise ValueError(f"mutation mode must be 'absolute' or 'relative', got {mode!r}")

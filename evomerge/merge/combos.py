@@ -2,7 +2,7 @@
 
 ``b0`` interpolation (0 linear, 1 slerp), ``b1`` task arithmetic (0 dare,
 1 ties), ``b2`` selection (0 frankenmerge, 1 dfs), leftmost first: ``"110"`` =
-SLERP + TIES + FrankenMerge (DESIGN.md "Combo labels").
+SLERP + TIES + FrankenMerge (docs/design.md "Combo labels").
 """
 
 from __future__ import annotations

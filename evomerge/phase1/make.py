@@ -56,7 +56,7 @@ class FamilySpec:
             )
         if preset == "phase1-25m":
             # ~3 epochs of the 2.1M-token train split for the base, ~2-4 of each domain
-            # for the specialists: more only overfits (DATA.md), and it keeps making
+            # for the specialists: more only overfits (docs/data.md), and it keeps making
             # the family a few GPU minutes (one forward is 24 block passes)
             return cls(
                 preset=preset,

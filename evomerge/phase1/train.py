@@ -1,7 +1,7 @@
 """Token-budgeted causal-LM training on a flat token stream, on the accelerate device.
 
 Budgets are in tokens, not seconds, so the same command gives the same model on
-any machine (DATA.md: a 25M model overfits a domain quickly on a GPU).
+any machine (docs/data.md "Phase-1 training budgets": a 25M model overfits quickly on a GPU).
 """
 
 from __future__ import annotations

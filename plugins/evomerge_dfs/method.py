@@ -51,7 +51,7 @@ def inverse_variance_merge(
 
 
 class Dfs(TensorMergeMethod):
-    """Deep feature selection as inverse-variance weighting (DESIGN.md, selection stage)."""
+    """Deep feature selection as inverse-variance weighting (docs/merging.md "dfs")."""
 
     stage = "selection"
 

@@ -109,7 +109,7 @@ class TrmTitansConfig(PretrainedConfig):
 #: Named configurations. Both have the same tensor names, so code and tests
 #: written against ``tiny`` hold for ``phase1-25m``.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The Phase-1 family (docs: ARCHITECTURE-TRM-TITANS.md), ~24.2M parameters.
+    # The Phase-1 family (docs/trm-titans.md "Presets"), ~24.2M parameters.
     "phase1-25m": {
         "vocab_size": 8192,
         "hidden_size": 512,
