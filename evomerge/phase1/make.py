@@ -192,8 +192,15 @@ def make_family(
             # a family copied to another machine or path is still the same family:
             # point the handoff at where it is now, not where it was made
             log(f"reusing complete Phase-1 family in {out}")
-            existing["models"] = [str(out / name) for name in names[1:]]
-            existing["base_model"] = str(out / "base")
+            moved = {
+                "models": [str(out / name) for name in names[1:]],
+                "base_model": str(out / "base"),
+            }
+            if {k: existing.get(k) for k in moved} != moved:  # the handoff file says so too
+                existing.update(moved)
+                tmp = manifest_path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(existing, indent=2))
+                tmp.replace(manifest_path)
             return dict(existing)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase1.json").unlink(missing_ok=True)  # stale or foreign: never trust it half-way
