@@ -53,11 +53,6 @@ class ModelPool:
     def live(self) -> int:
         return len(self._live)
 
-    def resident_bytes(self, model: PreTrainedModel) -> int:
-        """Bytes of every model the pool ever allocated (live or free): what memory really holds."""
-        per_model = sum(p.numel() * p.element_size() for p in weights(model).values())
-        return per_model * self.allocated
-
 
 def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The model's state dict with tied duplicates dropped (the first name of a shared tensor wins).
