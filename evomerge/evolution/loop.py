@@ -1,4 +1,4 @@
-"""The generation loop (DESIGN.md "Evolution"), independent of how merging and scoring are done.
+"""The generation loop (docs/architecture.md), independent of how merging and scoring are done.
 
 The loop sees two callables: ``merge(label, parents, out, seed)`` writes a combo
 of three parent models into ``out`` and returns a JSON-able record of what it
