@@ -137,6 +137,10 @@ def test_report_scores_the_loop_against_honest_baselines(
     assert result["loop_gain_test"] == result["test_improvement"] - max(gains.values())
     assert result["best_gen0_id"].startswith("g0000-")
     assert result["best_gen0_fitness"] == result["evolution_log"]["best_fitness_per_gen"][0]
+    # the baseline really is that combo: rebuilt from its lineage, it scores what it was selected with
+    assert result["best_gen0_replayed_fitness"] == pytest.approx(
+        result["best_gen0_fitness"], abs=1e-9
+    )
     # the soup is the plain mean of the inputs: score an independently computed one
     paths = result["inputs"]["models"]
     models = [AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in paths]

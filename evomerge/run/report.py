@@ -112,25 +112,34 @@ def uniform_average_into(
 
 
 def score_baselines(
-    ctx: RunContext, prep: PreparedInputs, engine: Any, state: LoopState, held: HeldOut
+    ctx: RunContext,
+    prep: PreparedInputs,
+    ref: Reference,
+    engine: Any,
+    state: LoopState,
+    held: HeldOut,
 ) -> dict[str, Any]:
-    """Test-split totals of the soup and of the best generation-0 combo (rebuilt from its lineage)."""
-    totals: dict[str, float] = {}
-    configs: dict[str, str] = {}
+    """Test-split totals of the soup and of the best generation-0 combo (rebuilt from its lineage).
+
+    The rebuilt combo is scored on the fitness split too (``replayed_fitness``):
+    equal to the fitness it was selected with, it shows the replay is that model.
+    """
+    out: dict[str, Any] = {"totals": {}, "configs": {}, "replayed_fitness": None}
     slot = prep.pool.acquire()  # one population slot: the population is released
     try:
-        configs[UNIFORM_AVERAGE] = uniform_average_into(engine, prep.inputs, slot)
-        totals[UNIFORM_AVERAGE] = held.score(slot).total
+        out["configs"][UNIFORM_AVERAGE] = uniform_average_into(engine, prep.inputs, slot)
+        out["totals"][UNIFORM_AVERAGE] = held.score(slot).total
         if state.best_gen0 is not None:
             node = LineageNode.from_json(state.best_gen0)
             replay_node(engine, node, prep.inputs, prep.inputs, slot)
-            totals[BEST_GEN0] = held.score(slot).total
-            configs[BEST_GEN0] = node.merge_record["config_yaml"]
+            out["totals"][BEST_GEN0] = held.score(slot).total
+            out["configs"][BEST_GEN0] = node.merge_record["config_yaml"]
+            out["replayed_fitness"] = ref.score(slot).total
         else:  # a checkpoint from before best_gen0 was recorded
             ctx.log("warning: the checkpoint does not name the best generation-0 combo")
     finally:
         prep.pool.release(slot)
-    return {"totals": totals, "configs": configs}
+    return out
 
 
 def _checks(
@@ -160,6 +169,7 @@ def _baseline_figures(
         "loop_gain_test": test_improvement - max(improvements.values()),
         "best_gen0_id": gen0.get("id"),
         "best_gen0_fitness": gen0.get("fitness"),
+        "best_gen0_replayed_fitness": baselines["replayed_fitness"],
         "baselines_merge_config": baselines["configs"],
     }
 
@@ -244,7 +254,7 @@ def write_report(
         ctx.recipe, ref.task_dir, prep.tokenizer, prep.device, prep.model_config, prep.inputs
     )
     test_champion = held.score(champion)
-    baselines = score_baselines(ctx, prep, engine, loop.state, held)
+    baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)
     result = build_result(ctx, prep, ref, loop, held, test_champion, baselines, champion_dir)
     atomic_write_bytes(ctx.out / "result.json", json.dumps(result, indent=2, default=str).encode())
     return result
