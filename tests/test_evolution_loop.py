@@ -110,9 +110,16 @@ def test_loop_keeps_bound_best_ever_champion_and_all_combos(
         state.best_fitness_per_gen
     )  # best-ever never regresses
     assert len(state.diversity_per_gen) == 4
+    # the best generation-0 combo is remembered (the report rebuilds it as a baseline)
+    assert state.best_gen0 is not None and state.best_gen0["id"].startswith("g0000-")
+    assert state.best_gen0["fitness"] == state.best_fitness_per_gen[0]
+    assert state.best_gen0["merge_record"]["label"] == state.best_gen0["combo"]
+    # finish(): the population's slots go back to the pool; the champion comes from disk
+    champion = loop.finish()
+    assert pool.live == 3 and loop.population == []
     # the champion on disk really is the model that scored champion_fitness
     model = pool.acquire()
-    load_weights_(model, loop.champion_weights())
+    load_weights_(model, champion)
     with torch.inference_mode():
         assert -float(model(input_ids=batch, labels=batch).loss) == pytest.approx(
             state.champion_fitness, abs=1e-6
@@ -133,6 +140,7 @@ def test_resume_after_kill_gives_same_champion(tmp_path: Path, batch: torch.Tens
     got = resumed.run()
     assert got.champion_id == expected.champion_id
     assert got.champion_fitness == expected.champion_fitness
+    assert got.best_gen0 == expected.best_gen0
     a, b = full.champion_weights(), resumed.champion_weights()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -40,7 +40,7 @@ def test_all_eight_combos_give_finite_distinct_models(tiny_llama_family, referen
         assert {k: v.data_ptr() for k, v in out.items()} == pointers  # written in place
         assert math.isfinite(family.calibration()(model))
         results[label] = {k: v.clone() for k, v in out.items()}
-        assert (result.frankenmerge_slices is not None) == (label[2] == "0")
+        assert (result.resolved_slices is not None) == (label[2] == "0")
     # Every bit of the label matters: the 8 results are pairwise different.
     flat = {label: torch.cat([v.reshape(-1) for v in r.values()]) for label, r in results.items()}
     for a in COMBO_LABELS:
@@ -108,7 +108,7 @@ def test_frankenmerge_never_raises_calibration_loss(tiny_llama_family) -> None: 
         assert chosen <= scores["stage2"]
     assert calibration(model) == pytest.approx(details["final_loss"], rel=1e-6)
     # The recorded slices cover every layer in order and replay to the same tensors.
-    slices = result.frankenmerge_slices
+    slices = result.resolved_slices
     assert slices is not None
     layers = [layer for s in slices for layer in range(*s["layer_range"])]
     assert layers == list(range(family.config.num_hidden_layers))

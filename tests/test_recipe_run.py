@@ -115,6 +115,55 @@ def test_lineage_rebuilds_the_champion_bit_identically(finished_run: tuple[Path,
     assert comparison["bit_identical"], comparison
 
 
+def test_report_scores_the_loop_against_honest_baselines(
+    finished_run: tuple[Path, int], data_cache_dir: Path
+) -> None:
+    """The soup and the best generation-0 combo are scored held out; loop_gain_test is the difference."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.evolution.pool import load_weights_, weights
+    from evomerge.run.report import held_out_scorer
+
+    out, _ = finished_run
+    result = json.loads((out / "result.json").read_text())
+    gains = result["baselines_test_improvement"]
+    assert sorted(gains) == ["best_gen0", "uniform_average"]
+    assert sorted(result["baselines_test_fitness"]) == sorted(gains)
+    assert all(
+        math.isfinite(v) for v in [*gains.values(), *result["baselines_test_fitness"].values()]
+    )
+    assert result["loop_gain_test"] == result["test_improvement"] - max(gains.values())
+    assert result["best_gen0_id"].startswith("g0000-")
+    assert result["best_gen0_fitness"] == result["evolution_log"]["best_fitness_per_gen"][0]
+    # the baseline really is that combo: rebuilt from its lineage, it scores what it was selected with
+    assert result["best_gen0_replayed_fitness"] == pytest.approx(
+        result["best_gen0_fitness"], abs=1e-9
+    )
+    # the soup is the plain mean of the inputs: score an independently computed one
+    paths = result["inputs"]["models"]
+    models = [AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in paths]
+    states = [weights(m) for m in models]
+    soup = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32).eval()
+    load_weights_(soup, {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]})
+    recipe = load_recipe(out.parent / "full.yaml")
+    held = held_out_scorer(
+        recipe,
+        out / "tasks",
+        AutoTokenizer.from_pretrained(paths[0]),
+        torch.device("cpu"),
+        models[0].config,
+        models,
+    )
+    assert [s.total for s in held.input_scores] == pytest.approx(
+        result["inputs"]["test_fitness"], abs=1e-6
+    )
+    expected = held.score(soup).total
+    assert abs(expected - result["baselines_test_fitness"]["uniform_average"]) < 1e-6
+    assert held.improvement(expected) == pytest.approx(gains["uniform_average"], abs=1e-6)
+
+
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int, where: str) -> None:
     """Simulate a kill: raise after `calls` generation steps, at the boundary or mid-generation."""
     original = loop_module.EvolutionLoop.step
@@ -151,6 +200,9 @@ def test_resume_after_kill_gives_the_same_champion(
     got = outcome.result
     assert got["champion_lineage"][-1]["id"] == full["champion_lineage"][-1]["id"]
     assert got["fitness"] == full["fitness"]
+    # the best generation-0 combo survives the checkpoint: the same baselines after resume
+    assert got["best_gen0_id"] == full["best_gen0_id"]
+    assert got["baselines_test_fitness"] == pytest.approx(full["baselines_test_fitness"], abs=1e-9)
     from safetensors.torch import load_file
 
     wa = load_file(str(finished_run[0] / "champion" / "model.safetensors"))
@@ -222,3 +274,5 @@ def test_accelerate_two_processes_equal_one(
     # the held-out report too: no timing of the champion alone (it once read 1.49x "faster")
     assert two["test_improvement"] == pytest.approx(one["test_improvement"], rel=1e-6)
     assert two["champion_test_terms"]["speed"] == 1.0 == one["champion_test_terms"]["speed"]
+    assert two["best_gen0_id"] == one["best_gen0_id"]
+    assert two["baselines_test_fitness"] == pytest.approx(one["baselines_test_fitness"], rel=1e-6)

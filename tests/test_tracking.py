@@ -149,6 +149,27 @@ def test_plot_draws_the_inputs_mean_and_the_target(tmp_path: Path) -> None:
     assert lines.read_bytes() != bare.read_bytes()
 
 
+def test_plot_shows_the_held_out_champion_beside_the_baselines(tmp_path: Path) -> None:
+    records = [_record(g) for g in range(4)]
+    plain = plot_evolution(records, tmp_path / "plain.png", baseline=1.0, target=1.2)
+    held = {"champion": 0.17, "uniform_average": 0.19, "best_gen0": 0.16}
+    panel = plot_evolution(records, tmp_path / "held.png", baseline=1.0, target=1.2, held_out=held)
+    assert _png_size(panel) == (800, 800)  # a third panel: the held-out bars
+    worse = plot_evolution(
+        records,
+        tmp_path / "worse.png",
+        baseline=1.0,
+        target=1.2,
+        held_out={**held, "champion": 0.0},
+    )
+    assert len({plain.read_bytes(), panel.read_bytes(), worse.read_bytes()}) == 3
+    with _tracker(tmp_path / "run") as tr:
+        for r in records:
+            tr.log_generation(r)
+        tr.finish({"fitness": 1.04}, held_out=held)
+    assert _png_size(tmp_path / "run" / PLOT_FILE) == (800, 800)  # finish draws the panel too
+
+
 def test_plot_survives_an_exception_inside_the_run(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), _tracker(tmp_path) as tr:
         tr.log_generation(_record(0))
@@ -173,7 +194,15 @@ def test_wandb_offline_run_lands_inside_out(
         assert tr.run is not None, "wandb offline init failed (see the log)"
         for g in range(3):
             tr.log_generation(_record(g))
-        tr.finish({"fitness": 1.02, "merge_combo_usage": {"000": 3}})
+        tr.finish(
+            {
+                "fitness": 1.02,
+                "merge_combo_usage": {"000": 3},
+                "baselines_test_improvement": {"uniform_average": 0.19, "best_gen0": 0.16},
+                "loop_gain_test": -0.02,
+            },
+            held_out={"champion": 0.17, "uniform_average": 0.19, "best_gen0": 0.16},
+        )
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, sorted(p.name for p in (out / "wandb").iterdir())
     (run_file,) = runs[0].glob("run-*.wandb")
@@ -185,6 +214,8 @@ def test_wandb_offline_run_lands_inside_out(
         b"combo_usage/110",
         b"merge_combo_usage/000",
         b"min_diversity",
+        b"baselines_test_improvement/uniform_average",
+        b"loop_gain_test",
     )
     deadline = time.monotonic() + 60
     while True:

@@ -129,7 +129,3 @@ class Checkpoint:
             index, name = key.split("/", 1)
             population[int(index)][name] = tensor
         return population
-
-    def champion_path(self, state: dict[str, Any]) -> Path | None:
-        fname = state["files"].get("champion")
-        return None if fname is None else self.dir / fname

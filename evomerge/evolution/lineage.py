@@ -27,7 +27,7 @@ class LineageNode:
     seed: int
     combo: str | None = None
     mutation: dict[str, Any] | None = None
-    #: what the merge actually did (stage log, concrete frankenmerge choices, fallbacks)
+    #: what the merge actually did (resolved config, layer slices a stage chose, fallbacks)
     merge_record: dict[str, Any] = field(default_factory=dict)
     fitness: float | None = None
 

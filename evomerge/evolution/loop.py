@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -86,7 +86,15 @@ class LoopState:
     combo_usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMBOS, 0))
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-    peak_resident_models: int = 0
+    #: the best generation-0 combo's lineage node (with its fitness): the report rebuilds it
+    #: from this as a baseline, since the book prunes it once nothing descends from it
+    best_gen0: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LoopState:
+        """The state saved in a checkpoint; keys of fields since removed are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -199,7 +207,7 @@ class EvolutionLoop:
         """Rebuild the population and state from the checkpoint (weights, not re-merging)."""
         saved = self.checkpoint.load_state(self.recipe_hash)
         self.book = LineageBook.from_json(saved["lineage"])
-        self.state = LoopState(**saved["loop"])
+        self.state = LoopState.from_json(saved["loop"])
         weights = self.checkpoint.load_population(saved)
         self.population = []
         for entry, sd in zip(saved["population"], weights, strict=True):
@@ -260,7 +268,8 @@ class EvolutionLoop:
         self.state.diversity_per_gen.append(div)
         if reseeded:
             self.state.reseeded_generations.append(gen)
-        self.state.peak_resident_models = max(self.state.peak_resident_models, self.pool.peak_live)
+        if gen == 0:
+            self.state.best_gen0 = best.node.to_json()
         self._check_early_stop()
         self.book.prune([c.node.id for c in self.population] + [self.state.champion_id or ""])
         if new_champion:
@@ -311,6 +320,17 @@ class EvolutionLoop:
         }
         champion_weights = None if champion is None else _state(champion.model)
         self.checkpoint.save(state, [_state(c.model) for c in self.population], champion_weights)
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """End the run: release the population's slots to the pool; the champion's weights.
+
+        The report then has the pool's population slots for the champion and
+        the baselines it scores, within the same resident-model bound.
+        """
+        for cand in self.population:
+            self.pool.release(cand.model)
+        self.population = []
+        return self.champion_weights()
 
     def champion_weights(self) -> dict[str, torch.Tensor]:
         """The champion's weights from the checkpoint (it is not kept resident)."""

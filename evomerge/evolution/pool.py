@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from evomerge.merge.inputs import tied_aliases
+
 
 class PoolExhaustedError(RuntimeError):
     """The controller asked for more resident models than the recipe allows."""
@@ -53,27 +55,17 @@ class ModelPool:
     def live(self) -> int:
         return len(self._live)
 
-    def resident_bytes(self, model: PreTrainedModel) -> int:
-        """Bytes of every model the pool ever allocated (live or free): what memory really holds."""
-        per_model = sum(p.numel() * p.element_size() for p in weights(model).values())
-        return per_model * self.allocated
-
 
 def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The model's state dict with tied duplicates dropped (the first name of a shared tensor wins).
 
     Mutating, distancing or saving ``state_dict()`` directly would touch a tied
-    embedding / lm_head twice.
+    embedding / lm_head twice. Which names are tied is decided in one place,
+    :func:`evomerge.merge.inputs.tied_aliases`, the rule the merge engine uses.
     """
-    seen: set[tuple[int, int]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.numel())
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor
-    return out
+    state = model.state_dict()
+    aliases = tied_aliases(state)
+    return {name: tensor for name, tensor in state.items() if name not in aliases}
 
 
 def copy_weights_(dst: PreTrainedModel, src: PreTrainedModel) -> None:

@@ -1,7 +1,7 @@
 """Rebuild a champion from its lineage alone (result.json + the three inputs).
 
-Each combo node replays its recorded merge config — frankenmerge as the
-concrete passthrough slices it chose, so no calibration is re-scored — and
+Each combo node replays its recorded merge config — a layer-selecting stage
+as the concrete slices it chose, so no calibration is re-scored — and
 each mutation node re-draws its keyed noise. On the device that ran the
 evolution the result is bit-identical to the saved champion.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,39 @@ from transformers import PreTrainedModel
 from evomerge.evolution.lineage import INPUT_IDS, LineageNode
 from evomerge.evolution.operators import apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
+from evomerge.merge.engine import MergeEngine
+
+
+def replay_node(
+    engine: MergeEngine,
+    node: LineageNode,
+    parents: Sequence[PreTrainedModel],
+    inputs: Sequence[PreTrainedModel],
+    out: PreTrainedModel,
+) -> PreTrainedModel:
+    """Write ``node``'s model into ``out`` (every weight overwritten) from its parents' models.
+
+    A combo replays its recorded, resolved merge config (a layer-selecting
+    stage as its concrete slices: nothing is re-scored); a mutation copies its
+    parent and re-draws its keyed noise (``inputs``: the run's three inputs,
+    which input-direction mutation steps toward).
+    """
+    from evomerge.merge.config import ComboConfig
+    from evomerge.merge.inputs import InputSet
+
+    if node.kind == "combo":
+        config = ComboConfig.from_yaml(
+            node.merge_record["config_yaml"], source=f"lineage node {node.id}"
+        )
+        group = InputSet([weights(p) for p in parents], cache=False)
+        engine.run_config(config, group, out=weights(out), scratch_model=out, label=node.combo)
+    else:
+        assert node.mutation is not None
+        copy_weights_(out, parents[0])
+        apply_mutation_(
+            weights(out), node.mutation, seed=node.seed, inputs=[weights(m) for m in inputs]
+        )
+    return out
 
 
 def rebuild_champion(
@@ -26,9 +60,6 @@ def rebuild_champion(
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """The champion rebuilt from ``result.json``; also returns a comparison with the saved one."""
     from transformers import AutoModelForCausalLM
-
-    from evomerge.merge.config import ComboConfig
-    from evomerge.merge.engine import InputSet, MergeEngine
 
     result = json.loads(Path(result_path).read_text())
     nodes = [LineageNode.from_json(n) for n in result["champion_lineage"]]
@@ -45,31 +76,22 @@ def rebuild_champion(
     template = inputs[0]
     for node in nodes:
         out = type(template)(template.config).to(dev).eval()
-        if node.kind == "combo":
-            config = ComboConfig.from_yaml(
-                node.merge_record["config_yaml"], source=f"lineage node {node.id}"
-            )
-            parents = InputSet([weights(built[p]) for p in node.parents], cache=False)
-            engine.run_config(
-                config, parents, out=weights(out), scratch_model=out, label=node.combo
-            )
-        else:
-            assert node.mutation is not None
-            copy_weights_(out, built[node.parents[0]])
-            apply_mutation_(
-                weights(out),
-                node.mutation,
-                seed=node.seed,
-                inputs=[weights(m) for m in inputs],
-            )
-        built[node.id] = out
+        built[node.id] = replay_node(engine, node, [built[p] for p in node.parents], inputs, out)
         for parent in node.parents:
             pending[parent] -= 1
             if pending[parent] == 0 and parent not in INPUT_IDS:
                 del built[parent]  # free intermediates as soon as no child needs them
     champion = built[nodes[-1].id]
-    comparison: dict[str, Any] = {"nodes": len(nodes)}
-    saved_dir = Path(result["model"])
+    return champion, _compare_with_saved(champion, Path(result["model"]), dev, len(nodes))
+
+
+def _compare_with_saved(
+    champion: PreTrainedModel, saved_dir: Path, dev: torch.device, nodes: int
+) -> dict[str, Any]:
+    """How far the rebuilt champion is from the one the run saved (when it is still there)."""
+    from transformers import AutoModelForCausalLM
+
+    comparison: dict[str, Any] = {"nodes": nodes}
     if (saved_dir / "config.json").exists():
         saved = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32).to(dev)  # type: ignore[arg-type]
         diffs = [float((a - weights(saved)[k]).abs().max()) for k, a in weights(champion).items()]
@@ -80,7 +102,7 @@ def rebuild_champion(
                 "bit_identical": max(diffs) == 0.0,
             }
         )
-    return champion, comparison
+    return comparison
 
 
 def save_rebuilt(model: PreTrainedModel, out_dir: Path, tokenizer_dir: Path | None) -> None:
@@ -91,4 +113,4 @@ def save_rebuilt(model: PreTrainedModel, out_dir: Path, tokenizer_dir: Path | No
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
 
 
-__all__ = ["rebuild_champion", "save_rebuilt"]
+__all__ = ["rebuild_champion", "replay_node", "save_rebuilt"]

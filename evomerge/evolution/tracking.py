@@ -18,7 +18,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from evomerge.evolution.plot import HELD_OUT_LABELS, plot_evolution
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HELD_OUT_LABELS",
+    "LOG_FILE",
+    "PLOT_FILE",
+    "REQUIRED_KEYS",
+    "Tracker",
+    "TrackingLogError",
+    "plot_evolution",
+    "read_log",
+]
 
 LOG_FILE = "evolution.jsonl"
 PLOT_FILE = "evolution.png"
@@ -81,70 +94,6 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, (int, float, str)) or value is None:
             flat[name] = value
     return flat
-
-
-def plot_evolution(
-    records: list[dict[str, Any]],
-    path: Path,
-    *,
-    min_diversity: float | None = None,
-    title: str = "",
-    baseline: float | None = None,
-    target: float | None = None,
-) -> Path:
-    """Champion fitness and diversity per generation, re-seeded generations marked.
-
-    ``baseline`` (the inputs' mean fitness) and ``target`` (baseline x (1 +
-    min_improvement)) are drawn as lines: a curve means little without them.
-
-    Uses matplotlib's object API with the Agg canvas, so it never touches
-    pyplot's global backend of the calling program. Written atomically.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def series(key: str) -> list[float]:
-        return [float("nan") if r.get(key) is None else float(r[key]) for r in records]
-
-    gens = [int(r["generation"]) for r in records]
-    reseeded = [g for g, r in zip(gens, records, strict=True) if r.get("reseeded")]
-    fig = Figure(figsize=(8, 6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_fit, ax_div = fig.subplots(2, 1, sharex=True)
-    ax_fit.plot(gens, series("best_fitness"), marker="o", ms=3, label="champion (best ever)")
-    ax_fit.plot(gens, series("elite1_fitness"), lw=1, alpha=0.6, label="best of generation")
-    if baseline is not None:
-        ax_fit.axhline(baseline, color="tab:gray", ls=":", lw=1, label="inputs' mean")
-    if target is not None:
-        gain = f" ({target / baseline - 1:+.0%} vs inputs)" if baseline else ""
-        ax_fit.axhline(target, color="tab:red", ls="--", lw=1, label=f"target{gain}")
-    ax_fit.set_ylabel("fitness")
-    ax_div.plot(gens, series("diversity"), marker="o", ms=3, color="tab:green", label="diversity")
-    if min_diversity is not None:
-        ax_div.axhline(
-            min_diversity, color="tab:red", ls="--", lw=1, label=f"min_diversity = {min_diversity}"
-        )
-    ax_div.set_ylabel("diversity (inputs = 1.0)")
-    ax_div.set_xlabel("generation")
-    for i, g in enumerate(reseeded):
-        for ax in (ax_fit, ax_div):
-            ax.axvline(
-                g, color="tab:orange", alpha=0.5, lw=1, label="re-seeded" if i == 0 else None
-            )
-    from matplotlib.ticker import MaxNLocator
-
-    ax_div.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole
-    for ax in (ax_fit, ax_div):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
 
 
 class Tracker:
@@ -289,7 +238,7 @@ class Tracker:
             except Exception as exc:
                 logger.warning("W&B log failed at generation %d: %s", generation, exc)
 
-    def plot(self) -> Path:
+    def plot(self, held_out: Mapping[str, float] | None = None) -> Path:
         """Draw ``OUT/evolution.png`` from the log on disk (so a resumed run's plot is whole)."""
         records = [r for r in read_log(self.out_dir) if "generation" in r]
         return plot_evolution(
@@ -299,11 +248,17 @@ class Tracker:
             title=self.run_name,
             baseline=self.baseline,
             target=self.target,
+            held_out=held_out,
         )
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        """Write the plot, put ``summary`` in the W&B run summary (and the plot as an image), close W&B."""
-        path = self.plot()
+    def finish(
+        self, summary: Mapping[str, Any], *, held_out: Mapping[str, float] | None = None
+    ) -> None:
+        """Write the plot, put ``summary`` in the W&B run summary (and the plot as an image), close W&B.
+
+        ``held_out``: the champion's and the baselines' held-out improvements, drawn in the plot.
+        """
+        path = self.plot(held_out)
         if self.run is not None:
             try:
                 flat = {k: v for k, v in _flatten(summary).items() if not _is_nan(v)}

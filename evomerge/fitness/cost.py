@@ -22,12 +22,15 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from evomerge.fitness.measurements import Measurements
 from evomerge.fitness.scoring import forward_kwargs
 
 
@@ -204,3 +207,32 @@ def noise_stats(samples: list[float]) -> dict[str, float]:
         "rel_iqr": (q3 - q1) / med,
         "n": float(len(samples)),
     }
+
+
+def shared_cost(measurements: Sequence[Measurements]) -> dict[str, Any]:
+    """The cost every candidate of one architecture shares, from its inputs' measurements.
+
+    Every merge of the inputs has their architecture (same tensors, shapes and
+    dtypes), so its latency and peak memory equal the inputs' up to timing
+    noise. Measuring them per candidate would let noise pick winners and make
+    runs irreproducible; instead the inputs are measured once and every
+    candidate gets the harmonic means of their time and memory
+    (``1/shared = mean(1/x_i)``), so with ``normalize: inputs`` the shared
+    speed and memory terms are 1.0 (memory: to a byte). The repeat noise and
+    the per-input peaks come along for the report.
+    """
+    n = len(measurements)
+    samples = [t for m in measurements for t in m.time_samples]
+    return {
+        "time_per_1k_tokens": n / sum(1 / m.time_per_1k_tokens for m in measurements),
+        "peak_memory_bytes": round(n / sum(1 / m.peak_memory_bytes for m in measurements)),
+        "time_noise": noise_stats(samples),
+        "peak_memory_per_input": [m.peak_memory_bytes for m in measurements],
+    }
+
+
+def apply_shared_cost(measurement: Measurements, shared: Mapping[str, Any]) -> Measurements:
+    """Give ``measurement`` the shared time and memory of :func:`shared_cost` (in place; returned)."""
+    measurement.time_per_1k_tokens = shared["time_per_1k_tokens"]
+    measurement.peak_memory_bytes = shared["peak_memory_bytes"]
+    return measurement

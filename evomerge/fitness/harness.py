@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from evomerge.device import resolve_device
 from evomerge.fitness.config import FitnessConfig
 from evomerge.fitness.cost import CostProbe, noise_stats
 from evomerge.fitness.measurements import Measurements
@@ -39,18 +40,6 @@ class _TaskPlan:
     # per instance: the token-request indices whose log-likelihoods it sums (rolling: windows)
     spans: list[list[int]]
     docs: list[tuple[int, Any]]  # (doc_id, doc) in lm-eval's order
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` or, when None, accelerate's device for this process."""
-    if device is None:
-        from accelerate import PartialState
-
-        device = PartialState().device
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:  # compare equal to parameters' cuda:N
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from evomerge.merge.base import MergeConfigError
-
-if TYPE_CHECKING:
-    from evomerge.merge.engine import StageLog
+from evomerge.merge.results import StageLog
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -20,7 +17,7 @@ class InputSet:
 
     Keep one per input group: every combo merged from it reuses its stage-1
     outputs and task vectors. ``cache=False`` keeps memory at the inputs only
-    (the evolution loop's one-shot group merges); :meth:`clear` drops caches.
+    (the evolution loop's one-shot group merges).
     """
 
     def __init__(
@@ -68,10 +65,6 @@ class InputSet:
         if self.base is not None:
             env[self.base_name] = self.base
         return env
-
-    def clear(self) -> None:
-        self.stage_cache.clear()
-        self.delta_cache.clear()
 
 
 def tied_aliases(state: Tensors) -> dict[str, str]:

@@ -1,0 +1,56 @@
+"""What every stage of a run shares: the recipe, the CLI's choices, the process group, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.evolution.recipe import Recipe
+
+EXIT_PASS, EXIT_BELOW_TARGET, EXIT_BAD_INPUT = 0, 1, 2
+#: 3 inputs + 8 population slots + 1 merge workspace (see evomerge/evolution/loop.py)
+RESIDENT_LIMIT = 12
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    out_dir: Path
+    result: dict[str, Any]
+
+
+@dataclass
+class RunContext:
+    """One run's settings, passed to each stage instead of a god object's attributes."""
+
+    recipe: Recipe
+    resume: bool
+    overwrite: bool
+    progress: bool
+    log: Callable[[str], None]
+    dist: Any  # accelerate's PartialState: which process this is, barriers
+
+    @property
+    def out(self) -> Path:
+        return Path(self.recipe.output)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.dist.is_main_process)
+
+    @property
+    def show_progress(self) -> bool:
+        """Bars and live lines: asked for, and only on the process that reports."""
+        return self.progress and self.is_main
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """What must match for --resume: everything but the output dir and the generation count."""
+    data = recipe.model_dump(mode="json")
+    data.pop("output", None)
+    data["evolution"].pop("generations", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,118 @@
+"""Stage 1 of a run: resolve and validate the inputs, claim the output dir, load the inputs.
+
+Validation comes before the output dir is touched, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from evomerge.device import resolve_device
+from evomerge.evolution.checkpoint import Checkpoint
+from evomerge.evolution.pool import ModelPool, load_weights_, weights
+from evomerge.evolution.recipe import Recipe, RecipeError
+from evomerge.run.context import RESIDENT_LIMIT, RunContext
+
+
+@dataclass
+class PreparedInputs:
+    """The validated, resident inputs and what later stages build on them."""
+
+    paths: list[Path]
+    layout: Any  # evomerge.data.DataLayout: the demo corpora the tasks are written from
+    device: torch.device
+    model_config: Any  # the inputs' transformers config
+    pool: ModelPool
+    inputs: list[PreTrainedModel]
+    tokenizer: Any
+
+
+def resolve_inputs(
+    recipe: Recipe, log: Callable[[str], None], progress: bool
+) -> tuple[list[Path], Path | None]:
+    """The three input dirs (making the demo family first when the recipe asks for it)."""
+    if recipe.inputs.models is not None:
+        return list(recipe.inputs.models), recipe.inputs.base_model
+    from evomerge.phase1 import FamilySpec, make_family
+
+    src = recipe.inputs.phase1
+    assert src is not None
+    family = make_family(
+        src.out, FamilySpec.for_preset(src.preset, seed=src.seed), progress=progress, log=log
+    )
+    base = recipe.inputs.base_model or Path(family["base_model"])
+    return [Path(p) for p in family["models"]], base
+
+
+def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """An empty output dir (or, with ``resume``, one that holds a checkpoint)."""
+    if resume:
+        if not Checkpoint(out).exists():
+            raise RecipeError(f"{out}: --resume: no checkpoint in this output dir")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RecipeError(
+                f"{out}: output dir is not empty; use --resume to continue or --overwrite to start over"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_inputs(paths: Sequence[Path], pool: ModelPool) -> list[PreTrainedModel]:
+    """Each input's weights copied into a pool slot (so the inputs count against the bound)."""
+    from transformers import AutoModelForCausalLM
+
+    models = []
+    for path in paths:
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        slot = pool.acquire()
+        load_weights_(slot, {k: v for k, v in weights(loaded).items()})
+        models.append(slot)
+        del loaded
+    return models
+
+
+def prepare_inputs(ctx: RunContext) -> PreparedInputs:
+    """Validate the inputs, claim the output dir, and load the inputs into the model pool."""
+    from transformers import AutoTokenizer
+
+    from evomerge.architectures import get_architecture
+    from evomerge.data import prepare_data
+    from evomerge.evolution.validate import validate_inputs
+
+    recipe = ctx.recipe
+    with ctx.dist.main_process_first():  # one process makes the demo family / data
+        paths, base = resolve_inputs(recipe, ctx.log, ctx.show_progress)
+        layout = prepare_data(progress=ctx.show_progress)
+    validated = validate_inputs(
+        paths,
+        architecture=recipe.inputs.architecture,
+        expected_params=recipe.inputs.expected_params,
+        params_tolerance=recipe.inputs.params_tolerance,
+        base_model=base,
+    )
+    for warning in validated.warnings:
+        ctx.log(f"warning: {warning}")
+    if ctx.is_main:
+        prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
+    ctx.dist.wait_for_everyone()
+    device = resolve_device(recipe.device.device)
+    arch = get_architecture(recipe.inputs.architecture)
+    config = arch.config_class.from_pretrained(paths[0])
+
+    def factory() -> PreTrainedModel:
+        model = arch.model_class(config)
+        return model.to(device=device, dtype=torch.float32).eval()  # type: ignore[call-arg]
+
+    pool = ModelPool(factory, capacity=RESIDENT_LIMIT)
+    inputs = load_inputs(paths, pool)
+    tokenizer = AutoTokenizer.from_pretrained(paths[0])
+    return PreparedInputs([Path(p) for p in paths], layout, device, config, pool, inputs, tokenizer)

@@ -1,0 +1,110 @@
+"""Stage 2 of a run: the fitness harness, and the inputs' scores every candidate is judged against.
+
+The composite fitness is normalised by the inputs' measurements, and every
+candidate shares the inputs' cost (:func:`evomerge.fitness.cost.shared_cost`).
+Both are measured once, by the main process, saved beside the checkpoint and
+reused on resume, so a resumed run scores exactly as the original did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from evomerge.evolution.checkpoint import atomic_write_bytes
+from evomerge.evolution.recipe import Recipe
+from evomerge.fitness.cost import apply_shared_cost, shared_cost
+from evomerge.run.context import RunContext
+from evomerge.run.prepare import PreparedInputs
+
+
+def fitness_config(recipe: Recipe, split_items: int | None) -> Any:
+    """The harness's FitnessConfig from the recipe (``split_items``: documents per task, if set)."""
+    from evomerge.fitness import FitnessConfig
+
+    data = recipe.fitness.model_dump()
+    for extra in ("min_improvement", "report_max_items"):
+        data.pop(extra)
+    if split_items is not None:
+        data["max_items"] = split_items
+    if recipe.device.precision == "bf16":
+        data["precision"] = "bf16"
+    return FitnessConfig.model_validate(data)
+
+
+def broadcast(payload: dict[str, Any]) -> dict[str, Any]:
+    """The main process's ``payload`` on every process (itself when there is one process)."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes == 1:
+        return payload
+    from accelerate.utils import broadcast_object_list
+
+    box = [payload]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+@dataclass
+class Reference:
+    """The selection split's harness and scorer, and the inputs' scores on it."""
+
+    task_dir: Path
+    harness: Any  # FitnessHarness on the fitness split
+    composite: Any  # CompositeFitness normalised by the inputs
+    input_scores: list[Any]
+    shared_cost: dict[str, Any]
+
+    @property
+    def input_mean(self) -> float:
+        """The inputs' mean fitness: the baseline every improvement is measured from."""
+        return sum(s.total for s in self.input_scores) / len(self.input_scores)
+
+    def score(self, model: PreTrainedModel) -> Any:
+        """One candidate's fitness (no cost timing: it shares the inputs' cost)."""
+        measured = self.harness.measure(model, cost=False)
+        return self.composite.score(apply_shared_cost(measured, self.shared_cost))
+
+
+def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
+    """Write the tasks, build the fitness-split harness, and score the inputs."""
+    from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for, write_tasks
+
+    domains = ctx.recipe.fitness.domains
+    with ctx.dist.main_process_first():
+        task_dir = write_tasks(prep.layout, ctx.out / "tasks", domains=domains)
+    cfg = fitness_config(ctx.recipe, None)
+    suite = suite_for(
+        task_dir, domains=domains, split="fitness", tasks=cfg.tasks, extra_dirs=cfg.task_dirs
+    )
+    harness = FitnessHarness.build(
+        suite, prep.tokenizer, prep.device, config=cfg, model_config=prep.model_config
+    )
+    measurements = [harness.measure(m) for m in prep.inputs]
+    composite, shared = _normalisation(ctx, CompositeFitness, cfg, measurements)
+    for m in measurements:
+        apply_shared_cost(m, shared)
+    scores = [composite.score(m) for m in measurements]
+    return Reference(task_dir, harness, composite, scores, shared)
+
+
+def _normalisation(
+    ctx: RunContext, composite_cls: Any, cfg: Any, measurements: Sequence[Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The composite's reference and the shared cost: measured now, or on resume the run's own."""
+    ref_file = ctx.out / ".checkpoint" / "reference.json"
+    if ctx.resume and ref_file.exists():
+        saved = json.loads(ref_file.read_text())
+        return composite_cls(cfg, saved["reference"]), saved["shared_cost"]
+    composite = composite_cls.from_inputs(cfg, measurements)
+    payload = {"reference": composite.reference, "shared_cost": shared_cost(measurements)}
+    payload = broadcast(payload)  # every process uses the main process's numbers
+    if ctx.is_main:
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(ref_file, json.dumps(payload).encode())
+    return composite_cls(cfg, payload["reference"]), payload["shared_cost"]

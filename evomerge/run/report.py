@@ -1,0 +1,271 @@
+"""Stage 4 of a run: save the champion, score it and two honest baselines held out, write result.json.
+
+The held-out test split is never used for selection. Beside the champion it
+scores the two models a user gets without the loop: the uniform average of
+the three inputs (a model soup, no search at all) and the best generation-0
+combo (the eight fixed combos, no evolution). ``loop_gain_test`` is how much
+the loop adds over the better of the two on that split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from evomerge.device import device_report
+from evomerge.evolution.checkpoint import atomic_write_bytes
+from evomerge.evolution.lineage import LineageNode
+from evomerge.evolution.loop import COMBOS, EvolutionLoop, LoopState
+from evomerge.evolution.pool import load_weights_, weights
+from evomerge.evolution.rebuild import replay_node
+from evomerge.evolution.recipe import Recipe
+from evomerge.evolution.tracking import HELD_OUT_LABELS
+from evomerge.fitness.cost import apply_shared_cost, shared_cost
+from evomerge.run.context import RESIDENT_LIMIT, RunContext
+from evomerge.run.prepare import PreparedInputs
+from evomerge.run.reference import Reference, fitness_config
+
+UNIFORM_AVERAGE, BEST_GEN0 = "uniform_average", "best_gen0"
+
+
+@dataclass
+class HeldOut:
+    """The test split's scorer, normalised by the inputs on that split, and the inputs' scores."""
+
+    harness: Any  # FitnessHarness on the test split
+    fitness: Any  # CompositeFitness normalised by the inputs' test measurements
+    shared: dict[str, Any]
+    input_scores: list[Any]
+
+    @property
+    def input_mean(self) -> float:
+        return sum(s.total for s in self.input_scores) / len(self.input_scores)
+
+    def score(self, model: PreTrainedModel) -> Any:
+        """A model of the inputs' architecture: it shares their cost, as in selection, so timing
+        noise cannot move the held-out figures (a champion timed alone once measured 1.49x
+        "faster" while the other process was exiting)."""
+        measured = self.harness.measure(model, cost=False)
+        return self.fitness.score(apply_shared_cost(measured, self.shared))
+
+    def improvement(self, total: float) -> float:
+        """``total``'s improvement over the inputs' mean on the test split."""
+        return (total - self.input_mean) / abs(self.input_mean)
+
+
+def held_out_scorer(
+    recipe: Recipe,
+    task_dir: Path,
+    tokenizer: Any,
+    device: torch.device,
+    model_config: Any,
+    inputs: Sequence[PreTrainedModel],
+) -> HeldOut:
+    """Build the test-split harness (``report_max_items`` documents per task) and score the inputs."""
+    from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for
+
+    cfg = fitness_config(recipe, recipe.fitness.report_max_items)
+    suite = suite_for(
+        task_dir, domains=recipe.fitness.domains, split="test", tasks=None, extra_dirs=cfg.task_dirs
+    )
+    harness = FitnessHarness.build(suite, tokenizer, device, config=cfg, model_config=model_config)
+    measured = [harness.measure(m) for m in inputs]
+    fitness = CompositeFitness.from_inputs(cfg, measured)
+    shared = shared_cost(measured)
+    scores = [fitness.score(apply_shared_cost(m, shared)) for m in measured]
+    return HeldOut(harness, fitness, shared, scores)
+
+
+def save_champion(out: Path, champion: PreTrainedModel, tokenizer: Any) -> Path:
+    """``OUT/champion`` (model + tokenizer), replaced atomically."""
+    champion_dir = out / "champion"
+    tmp = out / ".tmp-champion"
+    shutil.rmtree(tmp, ignore_errors=True)
+    champion.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(champion_dir, ignore_errors=True)
+    os.replace(tmp, champion_dir)
+    return champion_dir
+
+
+def uniform_average_into(
+    engine: Any, inputs: Sequence[PreTrainedModel], out: PreTrainedModel
+) -> str:
+    """The inputs' uniform average (``linear``, weights 1/3) into ``out``; its merge config."""
+    from evomerge.merge.config import ComboConfig, ModelEntry, StageDoc
+    from evomerge.merge.inputs import InputSet
+
+    group = InputSet([weights(m) for m in inputs], cache=False)
+    soup = StageDoc(merge_method="linear", models=[ModelEntry(model=n) for n in group.names])
+    config = ComboConfig(stages=[soup], comment="uniform average of the inputs (model soup)")
+    return engine.run_config(
+        config, group, out=weights(out), scratch_model=out, label=UNIFORM_AVERAGE
+    ).config_yaml
+
+
+def score_baselines(
+    ctx: RunContext,
+    prep: PreparedInputs,
+    ref: Reference,
+    engine: Any,
+    state: LoopState,
+    held: HeldOut,
+) -> dict[str, Any]:
+    """Test-split totals of the soup and of the best generation-0 combo (rebuilt from its lineage).
+
+    The rebuilt combo is scored on the fitness split too (``replayed_fitness``):
+    equal to the fitness it was selected with, it shows the replay is that model.
+    """
+    out: dict[str, Any] = {"totals": {}, "configs": {}, "replayed_fitness": None}
+    slot = prep.pool.acquire()  # one population slot: the population is released
+    try:
+        out["configs"][UNIFORM_AVERAGE] = uniform_average_into(engine, prep.inputs, slot)
+        out["totals"][UNIFORM_AVERAGE] = held.score(slot).total
+        if state.best_gen0 is not None:
+            node = LineageNode.from_json(state.best_gen0)
+            replay_node(engine, node, prep.inputs, prep.inputs, slot)
+            out["totals"][BEST_GEN0] = held.score(slot).total
+            out["configs"][BEST_GEN0] = node.merge_record["config_yaml"]
+            out["replayed_fitness"] = ref.score(slot).total
+        else:  # a checkpoint from before best_gen0 was recorded
+            ctx.log("warning: the checkpoint does not name the best generation-0 combo")
+    finally:
+        prep.pool.release(slot)
+    return out
+
+
+def _checks(
+    state: LoopState, ref: Reference, held: HeldOut, test_total: float, target: float
+) -> dict[str, bool]:
+    improvement = (state.champion_fitness - ref.input_mean) / abs(ref.input_mean)
+    return {
+        "min_improvement_fitness_split": improvement >= target,
+        "min_improvement_test_split": held.improvement(test_total) >= target,
+        "beats_each_input_fitness_split": all(
+            state.champion_fitness > s.total for s in ref.input_scores
+        ),
+        "beats_each_input_test_split": all(test_total > s.total for s in held.input_scores),
+    }
+
+
+def _baseline_figures(
+    held: HeldOut, baselines: dict[str, Any], test_improvement: float, state: LoopState
+) -> dict[str, Any]:
+    """The result.json keys of the baselines; ``loop_gain_test`` against the better of them."""
+    totals = baselines["totals"]
+    improvements = {name: held.improvement(total) for name, total in totals.items()}
+    gen0 = state.best_gen0 or {}
+    return {
+        "baselines_test_fitness": totals,
+        "baselines_test_improvement": improvements,
+        "loop_gain_test": test_improvement - max(improvements.values()),
+        "best_gen0_id": gen0.get("id"),
+        "best_gen0_fitness": gen0.get("fitness"),
+        "best_gen0_replayed_fitness": baselines["replayed_fitness"],
+        "baselines_merge_config": baselines["configs"],
+    }
+
+
+def _evolution_log(state: LoopState) -> dict[str, Any]:
+    return {
+        "generations": state.generation,
+        "stopped_early": state.stopped_early,
+        "best_fitness_per_gen": state.best_fitness_per_gen,
+        "diversity_per_gen": state.diversity_per_gen,
+        "reseeded_generations": state.reseeded_generations,
+    }
+
+
+def _lineage(loop: EvolutionLoop) -> dict[str, Any]:
+    """The champion's lineage, and its merge config: its own if a combo, else its nearest combo ancestor's."""
+    ancestry = loop.book.ancestry(loop.state.champion_id or "")
+    combos = [n for n in ancestry if n.kind == "combo"]
+    return {
+        "champion_lineage": [n.to_json() for n in ancestry],
+        "champion_merge_config": combos[-1].merge_record.get("config_yaml") if combos else None,
+    }
+
+
+def build_result(
+    ctx: RunContext,
+    prep: PreparedInputs,
+    ref: Reference,
+    loop: EvolutionLoop,
+    held: HeldOut,
+    test_champion: Any,
+    baselines: dict[str, Any],
+    champion_dir: Path,
+) -> dict[str, Any]:
+    """Every figure of result.json (the Phase-3 handoff), in its documented order."""
+    state, target = loop.state, ctx.recipe.fitness.min_improvement
+    test_improvement = held.improvement(test_champion.total)
+    checks = _checks(state, ref, held, test_champion.total, target)
+    return {
+        "model": str(champion_dir),
+        "fitness": state.champion_fitness,
+        "improvement": (state.champion_fitness - ref.input_mean) / abs(ref.input_mean),
+        "test_fitness": test_champion.total,
+        "test_improvement": test_improvement,
+        **_baseline_figures(held, baselines, test_improvement, state),
+        "min_improvement": target,
+        "checks": checks,
+        # pass/fail is judged on the held-out split: the fitness split was optimised on
+        "passed": checks["min_improvement_test_split"] and checks["beats_each_input_test_split"],
+        "evolution_log": _evolution_log(state),
+        "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBOS},
+        "champion_terms": state.champion_terms,
+        "inputs": {
+            "models": [str(p) for p in prep.paths],
+            "fitness": [s.total for s in ref.input_scores],
+            "test_fitness": [s.total for s in held.input_scores],
+            "test_terms": [s.terms for s in held.input_scores],
+        },
+        "champion_test_terms": test_champion.terms,
+        "champion_test_raw": test_champion.raw,
+        **_lineage(loop),
+        "fallbacks": state.fallbacks,
+        "shared_cost": ref.shared_cost,
+        "resident_models": {
+            "limit": RESIDENT_LIMIT,
+            "peak": prep.pool.peak_live,
+            "allocated": prep.pool.allocated,
+        },
+        "device": device_report(prep.device),
+        "recipe": ctx.recipe.model_dump(mode="json"),
+    }
+
+
+def write_report(
+    ctx: RunContext, prep: PreparedInputs, ref: Reference, loop: EvolutionLoop, engine: Any
+) -> dict[str, Any]:
+    """Save the champion, score it and the baselines on the test split, write ``result.json``."""
+    champion = prep.pool.acquire()
+    load_weights_(champion, loop.finish())  # the population is done: its slots are free
+    champion_dir = save_champion(ctx.out, champion, prep.tokenizer)
+    held = held_out_scorer(
+        ctx.recipe, ref.task_dir, prep.tokenizer, prep.device, prep.model_config, prep.inputs
+    )
+    test_champion = held.score(champion)
+    baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)
+    result = build_result(ctx, prep, ref, loop, held, test_champion, baselines, champion_dir)
+    atomic_write_bytes(ctx.out / "result.json", json.dumps(result, indent=2, default=str).encode())
+    return result
+
+
+def summary_line(result: dict[str, Any], champion_id: str | None) -> str:
+    """The console's one-line verdict: the champion on both splits, and what the loop itself added."""
+    base = result["baselines_test_improvement"]
+    shown = ", ".join(f"{HELD_OUT_LABELS.get(k, k)} {v:+.1%}" for k, v in base.items())
+    return (
+        f"champion {champion_id}: fitness {result['fitness']:.4f} "
+        f"({result['improvement']:+.1%} vs inputs; test split {result['test_improvement']:+.1%}; "
+        f"baselines on test: {shown}; loop gain {result['loop_gain_test']:+.1%})"
+    )
