@@ -255,7 +255,7 @@ def test_name_clash_names_both_plugins() -> None:
     pm2 = pluggy.PluginManager("evomerge")
     pm2.add_hookspecs(hookspecs)
     pm2.register(_plugin("multislerp"), name="sneaky")
-    import evomerge.merge.builtin_methods as builtins
+    import evomerge.merge.methods as builtins
 
     pm2.register(builtins, name="builtins")
     with pytest.raises(ValueError, match="'multislerp' is registered by both"):

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,6 @@ class ValidatedInputs:
     pairwise_cosine: dict[tuple[int, int], float]
     warnings: tuple[str, ...] = ()
     base_model: Path | None = None
-    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def mean_cosine(self) -> float:
@@ -95,7 +94,8 @@ def _read_json(path: Path, check: str) -> Any:
         raise _fail(path, check, f"cannot parse JSON ({exc})") from None
 
 
-def _read_config(model_dir: Path, architecture: str) -> dict[str, Any]:
+def _read_config(model_dir: Path, architecture: str | None) -> dict[str, Any]:
+    """``config.json`` as a dict; its ``model_type`` must be ``architecture`` (any string when None)."""
     if not model_dir.is_dir():
         raise _fail(model_dir, "path", "not a directory (expected a save_pretrained model dir)")
     cfg_path = model_dir / CONFIG_FILE
@@ -105,7 +105,9 @@ def _read_config(model_dir: Path, architecture: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise _fail(cfg_path, "config", "must be a JSON object")
     model_type = config.get("model_type")
-    if model_type != architecture:
+    if architecture is None and not isinstance(model_type, str):
+        raise _fail(cfg_path, "model_type", "missing (config.json must name its model_type)")
+    if architecture is not None and model_type != architecture:
         raise _fail(cfg_path, "model_type", f"is {model_type!r}, expected {architecture!r}")
     return config
 
@@ -333,7 +335,7 @@ def _config_differences(ref: _Model, other: _Model) -> list[str]:
 def validate_inputs(
     model_dirs: Sequence[Path],
     *,
-    architecture: str,
+    architecture: str | None,
     expected_params: int | None,
     params_tolerance: float = 0.05,
     base_model: Path | None = None,
@@ -341,6 +343,9 @@ def validate_inputs(
 ) -> ValidatedInputs:
     """Check the three input models (and optional base) can be merged; raise on the first problem.
 
+    ``architecture`` None means the first input's own ``model_type``; the
+    others must have the same. Any family ``AutoModelForCausalLM`` builds is
+    accepted without a plugin (``evomerge.architectures.get_architecture``).
     Warnings (returned, and logged) do not stop a run: inputs that look
     unrelated, or configs that differ in a key that does not change tensor shapes.
     """
@@ -354,6 +359,8 @@ def validate_inputs(
         raise InputValidationError(f"{paths[0]}: count: the 3 input models must be different dirs")
 
     # 1. Files and configs (milliseconds).
+    if architecture is None:
+        architecture = str(_read_config(paths[0], None)["model_type"])
     for p in paths:
         _read_config(p, architecture)
         _weight_files(p)
@@ -441,5 +448,4 @@ def validate_inputs(
         pairwise_cosine=cosine,
         warnings=tuple(warnings),
         base_model=None if base_model is None else Path(base_model),
-        tensor_shapes=dict(models[0].shapes),
     )
