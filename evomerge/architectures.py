@@ -52,7 +52,7 @@ def transformers_architecture(model_type: str) -> Architecture | None:
 
     try:
         config_class = CONFIG_MAPPING[model_type]
-        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+        model_class: type[PreTrainedModel] = MODEL_FOR_CAUSAL_LM_MAPPING[config_class]  # type: ignore[assignment]
     except KeyError:
         return None
     return Architecture(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pluggy
 
@@ -95,12 +95,13 @@ class Registry(Generic[T]):
     def collect(self, pm: pluggy.PluginManager) -> dict[str, Entry[T]]:
         """Every item ``pm``'s plugins register, by name; a name registered twice is an error."""
         found: dict[str, Entry[T]] = {}
-        for owner, item in self._found(pm):
-            if not isinstance(item, self.item_type):
+        for owner, obj in self._found(pm):
+            if not isinstance(obj, self.item_type):
                 raise TypeError(
-                    f"plugin {owner!r} registered {item!r} as a {self.kind}, "
+                    f"plugin {owner!r} registered {obj!r} as a {self.kind}, "
                     f"not an evomerge {self.item_type.__name__}"
                 )
+            item = cast(T, obj)
             name = self.key(item)
             other = found.get(name)
             if other is not None and other.item is item and other.owner == owner:

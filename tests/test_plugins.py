@@ -9,9 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import pluggy
+import pytest
 
 from evomerge import hookspecs
 from evomerge.architectures import ARCHITECTURES, UnknownArchitectureError, get_architecture
@@ -113,7 +112,9 @@ def test_a_name_registered_twice_names_both_plugins() -> None:
     pm.add_hookspecs(hookspecs)
     pm.register(Plugin(), name="one")
     pm.register(Plugin(), name="two")
-    with pytest.raises(ValueError, match="architecture 'twice' is registered by both 'one' and 'two'"):
+    with pytest.raises(
+        ValueError, match="architecture 'twice' is registered by both 'one' and 'two'"
+    ):
         ARCHITECTURES.collect(pm)
 
 

@@ -59,8 +59,8 @@ def list_cmd() -> None:
             info.name, f"{info.package} {info.version}", "\n".join(regs.get(info.name, [])) or "-"
         )
     console.print(table)
-    for err in regs.get("(error)", []):
-        console.print(f"[red]{err}[/red]", soft_wrap=True)
+    for problem in regs.get("(error)", []):
+        console.print(f"[red]{problem}[/red]", soft_wrap=True)
     errors = plugin_load_errors()
     for err in errors:
         console.print(

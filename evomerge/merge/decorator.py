@@ -34,6 +34,7 @@ from evomerge.merge.base import (
     _MISSING,
     STAGES,
     WEIGHT,
+    MergeConfigError,
     MergekitAlias,
     MethodParameter,
     Range,
@@ -134,10 +135,12 @@ class _FromFunction:
         params: Mapping[str, Any],
     ) -> torch.Tensor:
         """Call the function with what it declares; parameters missing from ``params`` take their defaults."""
-        passed = {"weights": weights, "name": name}
+        passed: dict[str, Any] = {"weights": weights, "name": name}
         kwargs = {k: passed[k] for k in self._passes}
         for p in self._params:
             value = params.get(p.name, p.default)
+            if value is _MISSING:
+                raise MergeConfigError(f"merge method {self._name!r} needs parameter {p.name!r}")
             kwargs[p.name] = value if value is None else p.type(value)
         return self.fn(tensors, **kwargs)
 

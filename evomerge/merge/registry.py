@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pluggy
 
 from evomerge.merge.base import STAGES, MergekitAlias, MergeMethod
-from evomerge.registry import Registry, UnknownNameError
+from evomerge.registry import Entry, Registry, UnknownNameError
 
 
 class UnknownMergeMethodError(UnknownNameError):
@@ -101,7 +101,7 @@ class MethodRegistry:
         return list(self._aliases.values())
 
 
-_CACHE: tuple[dict[str, object], MethodRegistry] | None = None
+_CACHE: tuple[dict[str, Entry[MergeMethod]], MethodRegistry] | None = None
 
 
 def get_registry() -> MethodRegistry:
