@@ -223,3 +223,15 @@ def write_docs_plugin(site: Path) -> DocsPlugin:
 def docs_plugin(tmp_path: Path) -> DocsPlugin:
     """docs/plugins.md's ``evomerge-median`` example, installed for subprocesses (``.env``)."""
     return write_docs_plugin(tmp_path / "site")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plugins_loaded() -> None:
+    """Load the plugins once, as the CLI does, so any test alone finds plugin families in Auto*.
+
+    ``import evomerge`` itself loads nothing (tests/test_plugins.py checks that in a
+    fresh process); a test session is an evomerge application like the CLI.
+    """
+    import evomerge
+
+    evomerge.load_plugins()

@@ -27,6 +27,10 @@ def rebuild_champion(
     """The champion rebuilt from ``result.json``; also returns a comparison with the saved one."""
     from transformers import AutoModelForCausalLM
 
+    import evomerge
+
+    evomerge.load_plugins()  # the inputs may be a plugin's family
+
     from evomerge.merge.config import ComboConfig
     from evomerge.merge.engine import InputSet, MergeEngine
 
