@@ -17,6 +17,8 @@ parameter: its type hint gives the type (``bool``, ``int``, ``float``, ``str``,
 default, and ``Annotated[float, Range(0, 1), "what it does"]`` its bounds and
 description. The result is registered under ``name`` (and exported to mergekit
 under it) when the plugin module defining it is loaded; no hook is needed.
+Define it at module level: type hints are resolved in the module's namespace.
+The decorated object is still callable as the plain function.
 """
 
 from __future__ import annotations
