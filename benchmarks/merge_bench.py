@@ -32,7 +32,9 @@ import torch
 
 def build_family(arch: str) -> tuple[str, Any, list[dict[str, torch.Tensor]]]:
     """(description, model factory, three state dicts); tied weights stay tied."""
-    import evomerge  # noqa: F401 - registers plugin architectures
+    import evomerge
+
+    evomerge.load_plugins()  # registers plugin architectures
     from evomerge.architectures import UnknownArchitectureError, get_architecture
 
     factory = None

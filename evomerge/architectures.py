@@ -1,19 +1,18 @@
-"""Model families contributed by plugins, and their registration with transformers and mergekit."""
+"""Model families: transformers' own, and those plugins add; their registration with transformers and mergekit."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedModel
 
+from evomerge.registry import Registry, UnknownNameError
 
-class UnknownArchitectureError(KeyError):
-    """Raised for a model type or preset no plugin registered."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+class UnknownArchitectureError(UnknownNameError):
+    """Raised for a model type neither a plugin nor transformers knows, or an unknown preset."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,8 @@ class Architecture:
 
     ``mergekit_definition`` is mergekit's JSON architecture definition (the
     format of ``mergekit/_data/architectures/*.json``); it is injected into
-    mergekit at run time, so mergekit is never edited.
+    mergekit at run time, so mergekit is never edited. None for families
+    mergekit knows itself (every transformers built-in it supports).
     """
 
     model_type: str
@@ -45,67 +45,66 @@ class Architecture:
         return self.config_class(**values)
 
 
+def transformers_architecture(model_type: str) -> Architecture | None:
+    """The family transformers itself builds as ``AutoModelForCausalLM`` for ``model_type``, if any."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config_class = CONFIG_MAPPING[model_type]
+        model_class: type[PreTrainedModel] = MODEL_FOR_CAUSAL_LM_MAPPING[config_class]  # type: ignore[assignment]
+    except KeyError:
+        return None
+    return Architecture(
+        model_type=model_type,
+        config_class=config_class,
+        model_class=model_class,
+        description=f"transformers' {model_class.__name__}",
+    )
+
+
+ARCHITECTURES: Registry[Architecture] = Registry(
+    "architecture",
+    "evomerge_register_architectures",
+    Architecture,
+    key=lambda arch: arch.model_type,
+    error=UnknownArchitectureError,
+    fallback=transformers_architecture,
+    fallback_note=" and transformers has no causal LM of that model_type",
+)
+
+
 def registered_architectures() -> dict[str, Architecture]:
-    """Every architecture registered by a plugin, by ``model_type``; a clash is an error.
-
-    Not cached: hooks are cheap, and a plugin whose import was still running at
-    the first call (see ``get_plugin_manager``) must appear at the next one.
-    """
-    from evomerge.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    found: dict[str, Architecture] = {}
-    owners: dict[str, str] = {}
-    for impl in pm.hook.evomerge_register_architectures.get_hookimpls():
-        found_here = cast(list[Architecture], impl.function() or [])
-        for arch in found_here:
-            if arch.model_type in found:
-                raise ValueError(
-                    f"architecture {arch.model_type!r} is registered by both "
-                    f"{owners[arch.model_type]!r} and {impl.plugin_name!r}"
-                )
-            found[arch.model_type] = arch
-            owners[arch.model_type] = impl.plugin_name
-    return found
+    """Every architecture registered by a plugin, by ``model_type`` (transformers' own not included)."""
+    return {name: entry.item for name, entry in ARCHITECTURES.entries().items()}
 
 
 def get_architecture(model_type: str) -> Architecture:
-    """The architecture registered as ``model_type``, or a clear error listing those that exist."""
-    archs = registered_architectures()
-    if model_type in archs:
-        register_with_transformers(archs)  # idempotent; covers plugins registered late
-    if model_type not in archs:
-        known = ", ".join(sorted(archs)) or "none"
-        raise UnknownArchitectureError(
-            f"no plugin registers architecture {model_type!r}; registered: {known}"
-        )
-    return archs[model_type]
+    """The family called ``model_type``: a plugin's, else transformers' own; else a clear error."""
+    register_with_transformers()  # so AutoModelForCausalLM loads saved models of it too
+    return ARCHITECTURES.get(model_type)
 
 
 _TRANSFORMERS_REGISTERED: set[str] = set()
 
 
-def register_with_transformers(archs: dict[str, Architecture] | None = None) -> None:
-    """Make every registered family loadable through AutoConfig / AutoModelForCausalLM."""
+def register_with_transformers() -> None:
+    """Make every plugin family loadable through AutoConfig / AutoModelForCausalLM (idempotent)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    for arch in (archs if archs is not None else registered_architectures()).values():
+    for arch in registered_architectures().values():
         if arch.model_type in _TRANSFORMERS_REGISTERED:
             continue
         _TRANSFORMERS_REGISTERED.add(arch.model_type)
-        try:
-            AutoConfig.register(arch.model_type, arch.config_class, exist_ok=True)
-            AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
-        except TypeError:  # transformers without exist_ok
-            AutoConfig.register(arch.model_type, arch.config_class)
-            AutoModelForCausalLM.register(arch.config_class, arch.model_class)
+        AutoConfig.register(arch.model_type, arch.config_class, exist_ok=True)
+        AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
 
 
 _MERGEKIT_REGISTERED: set[str] = set()
 
 
 def register_with_mergekit() -> None:
-    """Inject each family's mergekit definition into mergekit's architecture table.
+    """Inject each plugin family's mergekit definition into mergekit's architecture table.
 
     Called lazily by the code that merges: importing mergekit costs seconds.
     """

@@ -1,23 +1,28 @@
-"""Every hook an evomerge plugin can implement.
+"""Every hook an evomerge plugin can implement, and the two pluggy markers.
 
 Plugins implement these with ``@evomerge.hookimpl`` and are found through the
 ``evomerge`` entry-point group (``[project.entry-points.evomerge]``). Built-in
 features are plugins too (``evomerge.plugins.DEFAULT_PLUGINS``) and use only
 these hooks. Hooks are always called with keyword arguments.
+
+This module imports nothing of evomerge (the markers live here, as in pytest
+and datasette, so a plugin importing ``evomerge.hookimpl`` triggers nothing).
+What each hook returns is checked when the registry collects it
+(``evomerge.registry.Registry``), so the return types are named in the
+docstrings instead of imported here: importing them would tie this bottom
+module to the registries above it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from evomerge.architectures import Architecture
-    from evomerge.fitness.terms import FitnessTerm
-    from evomerge.merge.base import MergeMethod
-
+#: Marks the hook specifications below.
 hookspec = pluggy.HookspecMarker("evomerge")
+#: Marks a plugin's hook implementations; public as ``evomerge.hookimpl``.
+hookimpl = pluggy.HookimplMarker("evomerge")
 
 
 # --------------------------------------------------------------------------
@@ -26,8 +31,12 @@ hookspec = pluggy.HookspecMarker("evomerge")
 
 
 @hookspec
-def evomerge_register_architectures() -> list[Architecture]:
-    """Return the model families (config class, model class, presets, mergekit definition) this plugin adds."""
+def evomerge_register_architectures() -> list[Any]:
+    """Return the model families (``evomerge.architectures.Architecture``) this plugin adds.
+
+    Only families transformers lacks need one: any ``model_type`` that
+    ``AutoModelForCausalLM`` builds (llama, mistral, qwen2, ...) works without a plugin.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -36,8 +45,12 @@ def evomerge_register_architectures() -> list[Architecture]:
 
 
 @hookspec
-def evomerge_register_merge_methods() -> list[MergeMethod]:
-    """Return merge methods (``evomerge.merge.MergeMethod``) usable by name in combo stages and merge YAML."""
+def evomerge_register_merge_methods() -> list[Any]:
+    """Return class-based merge methods (``evomerge.merge.MergeMethod`` instances).
+
+    Methods made with ``@evomerge.merge_method`` need no hook: they are found in
+    the plugin module's namespace when the plugin is loaded.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -46,5 +59,5 @@ def evomerge_register_merge_methods() -> list[MergeMethod]:
 
 
 @hookspec
-def evomerge_register_fitness_terms() -> list[FitnessTerm]:
+def evomerge_register_fitness_terms() -> list[Any]:
     """Return fitness terms (``evomerge.fitness.FitnessTerm``) that ``FitnessConfig.weights`` can name."""

@@ -1,6 +1,8 @@
-"""The one plugin manager: built-ins first, then every ``evomerge`` entry point.
+"""The one plugin manager: built-ins first, then every ``evomerge`` entry point, built once.
 
-Entry points are loaded one by one (not with pluggy's
+Nothing here runs at import: :func:`get_plugin_manager` builds the manager on
+first call (``evomerge.load_plugins()`` and every registry's first use call it)
+and caches it. Entry points are loaded one by one (not with pluggy's
 ``load_setuptools_entrypoints``) so that one broken plugin is recorded by name
 and reported by ``evomerge plugins list`` instead of taking the CLI down.
 """
@@ -12,7 +14,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, entry_points, version
 from types import ModuleType
 
 import pluggy
@@ -23,7 +25,7 @@ ENTRY_POINT_GROUP = "evomerge"
 
 #: Core built-ins, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "evomerge.merge.builtin_methods",
+    "evomerge.merge.methods",
     "evomerge.fitness.builtin_terms",
 )
 
@@ -48,6 +50,8 @@ class PluginInfo:
     hooks: tuple[str, ...]
 
 
+_MANAGER: pluggy.PluginManager | None = None
+_LOADING = False
 _load_errors: list[PluginLoadError] = []
 _PLUGIN_SOURCES: dict[str, tuple[str, str]] = {}
 
@@ -59,59 +63,50 @@ def _distribution_of(ep: EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
-_MANAGER: pluggy.PluginManager | None = None
-
-
-def _mid_import(module_name: str) -> bool:
-    """True while ``module_name`` is being imported (it imported evomerge, which led here)."""
-    module = sys.modules.get(module_name)
-    spec = getattr(module, "__spec__", None)
-    return module is not None and bool(getattr(spec, "_initializing", False))
+def _register_entry_point(pm: pluggy.PluginManager, ep: EntryPoint) -> None:
+    """Import and register one entry point; a failure is recorded, never raised."""
+    package, dist_version = _distribution_of(ep)
+    try:
+        pm.register(ep.load(), name=ep.name)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
+        _load_errors.append(
+            PluginLoadError(
+                name=ep.name,
+                source=f"{package} {dist_version} ({ep.value})",
+                error=f"{type(exc).__name__}: {exc}",
+                detail=traceback.format_exc(),
+            )
+        )
+        return
+    _PLUGIN_SOURCES[ep.name] = (package, dist_version)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The manager holding the built-ins and every entry-point plugin (built once).
-
-    A plugin whose own import triggered this call (``import evomerge`` at its top,
-    before its hooks exist) is skipped for now and the manager is not cached, so
-    the next call, after that import finished, registers it properly.
-    """
-    global _MANAGER
+    """The manager holding the built-ins and every entry-point plugin (built on first call, then cached)."""
+    global _MANAGER, _LOADING
     if _MANAGER is not None:
         return _MANAGER
-    deferred = False
-    pm = pluggy.PluginManager("evomerge")
-    pm.add_hookspecs(hookspecs)
-    for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
-        pm.register(module, name=module_name)
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue
-        if _mid_import(ep.module):
-            deferred = True
-            continue
-        package, version = _distribution_of(ep)
-        try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
-            _load_errors.append(
-                PluginLoadError(
-                    name=ep.name,
-                    source=f"{package} {version} ({ep.value})",
-                    error=f"{type(exc).__name__}: {exc}",
-                    detail=traceback.format_exc(),
-                )
-            )
-            continue
-        _PLUGIN_SOURCES[ep.name] = (package, version)
-    pm.check_pending()
-    if os.environ.get("EVOMERGE_TRACE_HOOKS"):
-        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
-        pm.enable_tracing()
-    if not deferred:
-        _MANAGER = pm
+    if _LOADING:
+        raise RuntimeError(
+            "a plugin asked for evomerge's plugins while they were being loaded: "
+            "call evomerge.load_plugins() from a function, not at a plugin module's import"
+        )
+    _LOADING = True
+    try:
+        pm = pluggy.PluginManager("evomerge")
+        pm.add_hookspecs(hookspecs)
+        for module_name in DEFAULT_PLUGINS:
+            pm.register(importlib.import_module(module_name), name=module_name)
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
+                _register_entry_point(pm, ep)
+        pm.check_pending()
+        if os.environ.get("EVOMERGE_TRACE_HOOKS"):
+            pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+            pm.enable_tracing()
+    finally:
+        _LOADING = False
+    _MANAGER = pm
     return pm
 
 
@@ -125,9 +120,7 @@ def _package_of(name: str, plugin: object) -> tuple[str, str]:
     if name in _PLUGIN_SOURCES:
         return _PLUGIN_SOURCES[name]
     if isinstance(plugin, ModuleType) and plugin.__name__.startswith("evomerge."):
-        from evomerge import __version__
-
-        return "evomerge", __version__
+        return "evomerge", version("evomerge")
     return "?", "?"
 
 
@@ -138,7 +131,7 @@ def list_plugins() -> list[PluginInfo]:
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        package, version = _package_of(name, plugin)
+        package, dist_version = _package_of(name, plugin)
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or []))
-        infos.append(PluginInfo(name=name, package=package, version=version, hooks=hooks))
+        infos.append(PluginInfo(name=name, package=package, version=dist_version, hooks=hooks))
     return infos

@@ -161,3 +161,77 @@ def phase1_tiny(data_cache_dir: Path, data_layout) -> dict:  # type: ignore[no-u
         cache_dir=data_cache_dir,
         progress=False,
     )
+
+
+# --------------------------------------------------------------------------- plugins
+class DocsPlugin:
+    """The example plugin package of docs/plugins.md, installed into a private site dir.
+
+    ``site`` holds the package and a ``.dist-info`` with its entry point (what
+    ``pip install`` writes), so a subprocess with ``env`` finds it through
+    ``importlib.metadata`` exactly as an installed plugin; nothing is installed
+    into the test environment itself.
+    """
+
+    def __init__(self, site: Path, files: dict[str, str]) -> None:
+        self.site, self.files = site, files
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``os.environ`` with ``site`` first on PYTHONPATH."""
+        path = os.pathsep.join(p for p in (str(self.site), os.environ.get("PYTHONPATH", "")) if p)
+        return {**os.environ, "PYTHONPATH": path}
+
+
+def docs_plugin_files() -> dict[str, str]:
+    """The files of docs/plugins.md's "A complete merge-method plugin", by the path each block names first."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    section = docs[docs.index("## A complete merge-method plugin") :]
+    files = {}
+    for block in re.findall(r"```(?:toml|python)\n(.*?)```", section, re.S):
+        first, _, body = block.partition("\n")
+        files[first.removeprefix("# ").strip()] = body
+    return files
+
+
+def write_docs_plugin(site: Path) -> DocsPlugin:
+    """Write the docs example into ``site`` as an installed distribution (package + dist-info)."""
+    import tomllib
+
+    files = docs_plugin_files()
+    project_dir = next(Path(p).parent for p in files if p.endswith("pyproject.toml"))
+    project = tomllib.loads(files[str(project_dir / "pyproject.toml")])["project"]
+    for rel, text in files.items():
+        if not rel.endswith("pyproject.toml"):
+            dest = site / Path(rel).relative_to(project_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    group = project["entry-points"]["evomerge"]
+    points = "".join(f"{name} = {value}\n" for name, value in group.items())
+    (info / "entry_points.txt").write_text(f"[evomerge]\n{points}")
+    return DocsPlugin(site, files)
+
+
+@pytest.fixture
+def docs_plugin(tmp_path: Path) -> DocsPlugin:
+    """docs/plugins.md's ``evomerge-median`` example, installed for subprocesses (``.env``)."""
+    return write_docs_plugin(tmp_path / "site")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plugins_loaded() -> None:
+    """Load the plugins once, as the CLI does, so any test alone finds plugin families in Auto*.
+
+    ``import evomerge`` itself loads nothing (tests/test_plugins.py checks that in a
+    fresh process); a test session is an evomerge application like the CLI.
+    """
+    import evomerge
+
+    evomerge.load_plugins()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import pluggy
 import pytest
 import torch
 
+import evomerge
 from evomerge import hookimpl, hookspecs
 from evomerge.merge import (
     MergeConfigError,
@@ -255,8 +258,72 @@ def test_name_clash_names_both_plugins() -> None:
     pm2 = pluggy.PluginManager("evomerge")
     pm2.add_hookspecs(hookspecs)
     pm2.register(_plugin("multislerp"), name="sneaky")
-    import evomerge.merge.builtin_methods as builtins
+    import evomerge.merge.methods as builtins
 
     pm2.register(builtins, name="builtins")
     with pytest.raises(ValueError, match="'multislerp' is registered by both"):
         MethodRegistry.from_plugin_manager(pm2)
+
+
+def test_decorated_function_is_a_complete_method() -> None:
+    """Parameters come from the signature; only what the function declares is passed."""
+    from evomerge.merge.decorator import FunctionTaskArithmeticMethod, FunctionTensorMethod
+
+    @evomerge.merge_method("scaled_first", stage="selection")
+    def scaled_first(
+        tensors: list[torch.Tensor],
+        *,
+        scale: Annotated[float, evomerge.Range(0, 2), "multiplier"] = 1.0,
+        which: Literal["first", "last"] = "first",
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        return (tensors[0] if which == "first" else tensors[-1]) * scale
+
+    assert isinstance(scaled_first, FunctionTensorMethod) and scaled_first.stage == "selection"
+    specs = {p.name: p for p in scaled_first.parameters()}
+    assert list(specs) == ["scale", "which", "steps"]  # no weights declared: no per-input weight
+    assert (specs["scale"].minimum, specs["scale"].maximum, specs["scale"].description) == (
+        0,
+        2,
+        "multiplier",
+    )
+    assert specs["which"].choices == ("first", "last") and specs["steps"].optional
+    assert scaled_first.resolve({"which": "last"}) == {"scale": 1.0, "which": "last", "steps": None}
+    with pytest.raises(MergeConfigError, match=r"'scaled_first' parameter 'scale': 3.0 is above"):
+        scaled_first.resolve({"scale": 3})
+    x, y = torch.ones(2), torch.full((2,), 2.0)
+    out = scaled_first.merge_tensors([x, y], weights=[0.5, 0.5], name="w", params={"scale": 2.0})
+    torch.testing.assert_close(out, torch.full((2,), 2.0))
+    torch.testing.assert_close(scaled_first([x, y], which="last"), y)  # still the plain function
+
+    @evomerge.merge_method("mean_delta", stage="task_arithmetic")
+    def mean_delta(deltas: list[torch.Tensor], *, weights: list[float]) -> torch.Tensor:
+        return sum(w * d for w, d in zip(weights, deltas, strict=True))  # type: ignore[return-value]
+
+    assert isinstance(mean_delta, FunctionTaskArithmeticMethod)
+    assert [p.name for p in mean_delta.parameters()] == ["weight", "lambda"]
+
+
+def test_decorator_rejects_untyped_parameters_and_unknown_stages() -> None:
+    with pytest.raises(TypeError, match="'bad' parameter 'opts': type hint must be"):
+
+        @evomerge.merge_method("bad")
+        def bad(tensors: list[torch.Tensor], *, opts: dict = {}) -> torch.Tensor:  # noqa: B006
+            return tensors[0]
+
+    with pytest.raises(ValueError, match="stage must be one of"):
+        evomerge.merge_method("bad", stage="everywhere")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("method", "param", "value", "message"),
+    [
+        ("dare", "density", 1.5, "above the maximum 1"),
+        ("ties", "density", -0.1, "below the minimum 0"),
+        ("slerp", "eps", -1.0, "below the minimum 0"),
+        ("dfs", "eps", -1.0, "below the minimum 0"),
+    ],
+)
+def test_builtin_parameter_ranges(method: str, param: str, value: float, message: str) -> None:
+    with pytest.raises(MergeConfigError, match=rf"'{method}' parameter '{param}': .*{message}"):
+        get_method(method).resolve({param: value})

@@ -88,7 +88,8 @@ def test_type_and_default_rendering(gen: ModuleType) -> None:
     fields = Recipe.model_fields["inputs"].annotation.model_fields  # type: ignore[union-attr]
     assert gen._constraints(fields["params_tolerance"]) == [">= 0", "<= 1"]
     assert gen.default_text(Recipe.model_fields["inputs"], "inputs") == "**required**"
-    assert gen.default_text(fields["architecture"], "inputs.architecture") == '`"trm_titans_mag"`'
+    assert gen.default_text(fields["architecture"], "inputs.architecture") == "`null`"
+    assert gen.default_text(Recipe.model_fields["name"], "name") == '`"evomerge-run"`'
     text = DOC.read_text()
     assert "| `params_tolerance` | float, >= 0, <= 1 | `0.05` |" in text
     assert '| `sigma_mode` | "absolute" \\| "relative" | `"relative"` |' in text

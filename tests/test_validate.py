@@ -130,6 +130,35 @@ def test_good_family_passes(family: Family) -> None:
     assert res.base_model == family.base
 
 
+def test_architecture_defaults_to_the_inputs_model_type(family: Family) -> None:
+    res = validate_inputs(family.dirs, architecture=None, expected_params=None)
+    assert res.architecture == ARCH
+
+
+def test_transformers_family_needs_no_plugin(family: Family, tmp_path: Path) -> None:
+    """Three Llama fine-tunes validate like a plugin family: transformers builds the meta model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    dirs = [
+        _save(base, state, family.tokenizer, tmp_path / f"llama_{i}")
+        for i, state in enumerate(_specialists(base))
+    ]
+    res = validate_inputs(dirs, architecture=None, expected_params=None)
+    assert res.architecture == "llama"
+    assert res.param_count == sum(p.numel() for p in base.parameters())  # tied head once
+    assert validate_inputs(dirs, architecture="llama", expected_params=None).paths == tuple(dirs)
+
+
 def test_wrong_count(family: Family) -> None:
     dirs = family.dirs
     with pytest.raises(
@@ -187,7 +216,8 @@ def test_unregistered_architecture(dirs: list[Path]) -> None:
         cfg = json.loads((d / "config.json").read_text())
         (d / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_arch"}))
     with pytest.raises(
-        InputValidationError, match=r"architecture: no plugin registers architecture 'no_such_arch'"
+        InputValidationError,
+        match=r"architecture: no plugin registers architecture 'no_such_arch' and transformers has no",
     ):
         validate_inputs(dirs, architecture="no_such_arch", expected_params=None)
 

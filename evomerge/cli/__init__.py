@@ -38,11 +38,14 @@ app.add_typer(lineage_cmd.app, name="lineage")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: load the plugins once, then run the command."""
+    import evomerge
+
+    evomerge.load_plugins()
     if sys.argv[1:2] != ["lm-eval"]:  # the lm-eval passthrough keeps lm-eval's own output
         # evomerge draws its own (rich) progress; the libraries' bars (weights loading per
         # model, dataset generation per task file) would print dozens of lines per run.
-        # transformers is already imported (evomerge registers its architectures there);
+        # transformers is already imported (load_plugins registered the architectures there);
         # datasets reads its variable when lm-eval first imports it.
         from transformers.utils import logging as hf_logging
 

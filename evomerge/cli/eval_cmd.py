@@ -23,7 +23,9 @@ def _fail(message: str) -> typer.Exit:
 def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import evomerge  # noqa: F401  # registers plugin model families with AutoModel
+    import evomerge
+
+    evomerge.load_plugins()  # plugin model families load with AutoModel
 
     if not (model_dir / "config.json").is_file():
         raise _fail(f"{model_dir}: not a model directory (no config.json)")

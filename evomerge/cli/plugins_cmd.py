@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,33 +17,30 @@ def _group() -> None:
 
 
 def _registrations() -> dict[str, list[str]]:
-    """Names each plugin registers, per plugin name (architectures, methods, terms...)."""
-    from evomerge.plugins import get_plugin_manager
+    """What each plugin registers, per plugin name: ``architectures: ...``, ``merge_methods: ...``."""
+    from evomerge.architectures import ARCHITECTURES
+    from evomerge.fitness.terms import FITNESS_TERMS
+    from evomerge.merge.registry import MERGE_METHODS
+    from evomerge.registry import Registry
 
-    pm = get_plugin_manager()
+    registries: list[tuple[str, Registry[Any]]] = [
+        ("architectures", ARCHITECTURES),
+        ("merge_methods", MERGE_METHODS),
+        ("fitness_terms", FITNESS_TERMS),
+    ]
     found: dict[str, list[str]] = {}
-    for hook_name in pm.hook.__dict__:
-        if not hook_name.startswith("evomerge_register_"):
+    for kind, registry in registries:
+        try:
+            entries = registry.items()
+        except Exception as exc:  # noqa: BLE001 - report (e.g. a name clash), never crash the listing
+            found.setdefault("(error)", []).append(f"{kind}: {exc}")
             continue
-        kind = hook_name.removeprefix("evomerge_register_")
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            try:
-                items = impl.function() or []
-            except Exception as exc:  # noqa: BLE001 - report, never crash the listing
-                found.setdefault(impl.plugin_name, []).append(f"{kind}: error {exc}")
-                continue
-            names = [_item_name(item) for item in items]
-            if names:
-                found.setdefault(impl.plugin_name, []).append(f"{kind}: {', '.join(names)}")
+        owners: dict[str, list[str]] = {}
+        for entry in entries:
+            owners.setdefault(entry.owner, []).append(entry.name)
+        for owner, names in owners.items():
+            found.setdefault(owner, []).append(f"{kind}: {', '.join(names)}")
     return found
-
-
-def _item_name(item: object) -> str:
-    for attr in ("model_type", "name"):
-        value = getattr(item, attr, None)
-        if value is not None:
-            return str(value() if callable(value) else value)
-    return repr(item)
 
 
 @app.command("list")
@@ -60,6 +59,8 @@ def list_cmd() -> None:
             info.name, f"{info.package} {info.version}", "\n".join(regs.get(info.name, [])) or "-"
         )
     console.print(table)
+    for problem in regs.get("(error)", []):
+        console.print(f"[red]{problem}[/red]", soft_wrap=True)
     errors = plugin_load_errors()
     for err in errors:
         console.print(

@@ -61,6 +61,10 @@ def rebuild_champion(
     """The champion rebuilt from ``result.json``; also returns a comparison with the saved one."""
     from transformers import AutoModelForCausalLM
 
+    import evomerge
+
+    evomerge.load_plugins()  # the inputs may be a plugin's family
+
     result = json.loads(Path(result_path).read_text())
     nodes = [LineageNode.from_json(n) for n in result["champion_lineage"]]
     if not nodes:

@@ -45,7 +45,10 @@ class InputsConfig(_Strict):
     base_model: Path | None = Field(
         None, description="Optional common ancestor (needed by `reference: ancestor`)."
     )
-    architecture: str = Field("trm_titans_mag", description="model_type every input must have.")
+    architecture: str | None = Field(
+        None,
+        description="model_type every input must have; default: the first input's own model_type.",
+    )
     expected_params: int | None = Field(None, description="Expected parameter count of each input.")
     params_tolerance: float = Field(
         0.05, ge=0, le=1, description="Allowed relative deviation from expected_params."

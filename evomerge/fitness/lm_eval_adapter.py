@@ -67,7 +67,9 @@ class EvoMergeLM(HFLM):
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         **kwargs: Any,
     ) -> None:
-        import evomerge  # noqa: F401  # registers every plugin's model family with AutoModel
+        import evomerge
+
+        evomerge.load_plugins()  # every plugin's model family loads with AutoModel
 
         device = kwargs.get("device")
         if not isinstance(pretrained, torch.nn.Module) and (

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import abc
 import math
-from functools import lru_cache
 
 from evomerge.fitness.measurements import Measurements
+from evomerge.registry import Registry, UnknownNameError
 
 
-class UnknownFitnessTermError(KeyError):
+class UnknownFitnessTermError(UnknownNameError):
     """A weight names a term no plugin registers."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class FitnessTerm(abc.ABC):
@@ -79,32 +76,20 @@ class TaskMetricTerm(FitnessTerm):
         return f"{self.metric} of lm-eval task {self.task}"
 
 
-@lru_cache(maxsize=1)
+FITNESS_TERMS: Registry[FitnessTerm] = Registry(
+    "fitness term",
+    "evomerge_register_fitness_terms",
+    FitnessTerm,
+    key=lambda term: term.name(),
+    error=UnknownFitnessTermError,
+)
+
+
 def registered_fitness_terms() -> dict[str, FitnessTerm]:
     """Every term registered by a plugin, by name; a name registered twice is an error."""
-    from evomerge.plugins import get_plugin_manager
-
-    found: dict[str, FitnessTerm] = {}
-    owners: dict[str, str] = {}
-    for impl in get_plugin_manager().hook.evomerge_register_fitness_terms.get_hookimpls():
-        terms: list[FitnessTerm] = impl.function() or []  # type: ignore[assignment]
-        for term in terms:
-            name = term.name()
-            if name in found:
-                raise ValueError(
-                    f"fitness term {name!r} is registered by both {owners[name]!r} and {impl.plugin_name!r}"
-                )
-            found[name] = term
-            owners[name] = impl.plugin_name
-    return found
+    return {name: entry.item for name, entry in FITNESS_TERMS.entries().items()}
 
 
 def get_fitness_term(name: str) -> FitnessTerm:
     """The term registered as ``name``, or a clear error listing those that exist."""
-    terms = registered_fitness_terms()
-    if name not in terms:
-        known = ", ".join(sorted(terms)) or "none"
-        raise UnknownFitnessTermError(
-            f"no plugin registers fitness term {name!r}; registered: {known}"
-        )
-    return terms[name]
+    return FITNESS_TERMS.get(name)

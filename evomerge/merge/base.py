@@ -1,6 +1,8 @@
 """What a merge method is: a mergekit-style object with a name, a stage, typed parameters and a kernel.
 
-Three kernel shapes cover the six techniques and leave room for third-party ones:
+Three kernel shapes cover the six techniques and leave room for third-party ones
+(a plain function becomes one of the first two with ``@evomerge.merge_method``,
+:mod:`evomerge.merge.decorator`):
 
 * :class:`TensorMergeMethod` merges one tensor from N inputs (linear, slerp, dfs);
 * :class:`TaskArithmeticMethod` merges N task vectors into one (dare, ties); the
@@ -18,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -37,11 +39,25 @@ _MISSING = object()
 
 
 @dataclass(frozen=True)
+class Range:
+    """Closed bounds of a numeric parameter; None leaves that side open.
+
+    Written in a decorated method's signature as
+    ``density: Annotated[float, Range(0, 1)] = 0.1``.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
 class MethodParameter:
     """One typed parameter of a merge method (mergekit's ``ParameterSpec``, minus the scopes we don't use).
 
     ``per_input`` parameters are written under each model's ``parameters:`` in
     the YAML (``weight``); the others under the stage's ``parameters:``.
+    ``minimum`` / ``maximum`` bound numeric values (inclusive), checked by
+    :meth:`validate`, so a recipe with an out-of-range value fails when it loads.
     """
 
     name: str
@@ -51,6 +67,8 @@ class MethodParameter:
     per_input: bool = False
     choices: tuple[str, ...] | None = None
     optional: bool = False  # None is an accepted value
+    minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def required(self) -> bool:
@@ -84,6 +102,10 @@ class MethodParameter:
             raise MergeConfigError(
                 f"{where}: {coerced!r} is not one of {', '.join(map(repr, self.choices))}"
             )
+        if self.minimum is not None and coerced < self.minimum:
+            raise MergeConfigError(f"{where}: {coerced!r} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and coerced > self.maximum:
+            raise MergeConfigError(f"{where}: {coerced!r} is above the maximum {self.maximum:g}")
         return coerced
 
 
@@ -113,7 +135,7 @@ class MergeMethod(ABC):
     """A merge method, mergekit-style: ``name()``, ``stage``, ``parameters()`` and a kernel."""
 
     #: Which combo stage the method belongs to; "any" methods fit every stage.
-    stage: ClassVar[Stage] = "any"
+    stage: Stage = "any"
 
     @abstractmethod
     def name(self) -> str:
@@ -191,7 +213,7 @@ class TaskArithmeticMethod(MergeMethod):
     ``S1 + λ·(merge(τ) − Σ w_i·τ_i)``, ``τ_i = M_i − B`` (see docs/merging.md).
     """
 
-    stage: ClassVar[Stage] = "task_arithmetic"
+    stage: Stage = "task_arithmetic"
 
     def parameters(self) -> list[MethodParameter]:
         return [WEIGHT, MethodParameter("lambda", float, 1.0, "scale of the merged task vector")]

@@ -26,7 +26,9 @@ def load_model(path: str) -> PreTrainedModel:
         raise MergeConfigError(f"model directory {path!r} does not exist")
     from transformers import AutoModelForCausalLM
 
-    import evomerge  # noqa: F401 - registers plugin architectures with AutoModel
+    import evomerge
+
+    evomerge.load_plugins()  # plugin architectures load with AutoModel
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 

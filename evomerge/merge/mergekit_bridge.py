@@ -38,17 +38,15 @@ def _compute(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
-def mergekit_method(method: MergeMethod, alias: MergekitAlias) -> Any:
-    """A mergekit ``GroupMergeMethod`` named ``alias.name`` that runs ``method``'s kernel."""
+def _mergekit_spec(method: MergeMethod, alias: MergekitAlias) -> Any:
+    """mergekit's ``MergeMethodSpec`` for ``alias``: the method's parameters, less those the name implies."""
     from mergekit.merge_methods.base import (
         MISSING,
         BasePolicy,
-        GroupMergeMethod,
         InputContract,
         MergeMethodSpec,
         ParameterScope,
         ParameterSpec,
-        TensorGroup,
     )
 
     task_arithmetic = isinstance(method, TaskArithmeticMethod)
@@ -69,13 +67,54 @@ def mergekit_method(method: MergeMethod, alias: MergekitAlias) -> Any:
         )
     if task_arithmetic:
         specs.append(ParameterSpec("anchor", bool, ParameterScope.NON_BASE, default=False))
-    spec = MergeMethodSpec(
+    return MergeMethodSpec(
         name=alias.name,
         parameters=tuple(specs),
         contract=InputContract(base=BasePolicy.REQUIRED if task_arithmetic else BasePolicy.IGNORED),
         pretty_name=f"{method.pretty_name()} (evomerge)",
     )
-    shared_names = [s.name for s in specs if s.scope == ParameterScope.SHARED]
+
+
+def _merge_group(
+    method: MergeMethod, params: dict[str, Any], group: Any, parameters: dict[str, Any]
+) -> torch.Tensor:
+    """One tensor group of a mergekit merge through ``method``'s kernel (float32 compute)."""
+    name = group.metadata.name or ""
+
+    def weights_of(entries: Any) -> list[float]:
+        if "weight" not in parameters:
+            return equal_weights(None, len(entries))
+        return equal_weights([parameters["weight"][e.id] for e in entries], len(entries))
+
+    if isinstance(method, TaskArithmeticMethod):
+        assert group.base is not None
+        anchors = [e for e in group.non_base if parameters["anchor"][e.id]]
+        merged = [e for e in group.non_base if not parameters["anchor"][e.id]]
+        base = _compute(group.base.tensor)
+        return apply_task_arithmetic(
+            method,
+            base,
+            [_compute(e.tensor) - base for e in merged],
+            weights=weights_of(merged),
+            name=name,
+            params=params,
+            anchor=_compute(anchors[0].tensor) if anchors else None,
+        )
+    assert isinstance(method, TensorMergeMethod)
+    return method.merge_tensors(
+        [_compute(e.tensor) for e in group.entries],
+        weights=weights_of(group.entries),
+        name=name,
+        params=params,
+    )
+
+
+def mergekit_method(method: MergeMethod, alias: MergekitAlias) -> Any:
+    """A mergekit ``GroupMergeMethod`` named ``alias.name`` that runs ``method``'s kernel."""
+    from mergekit.merge_methods.base import GroupMergeMethod, ParameterScope, TensorGroup
+
+    spec = _mergekit_spec(method, alias)
+    shared_names = [s.name for s in spec.parameters if s.scope == ParameterScope.SHARED]
 
     class EvomergeMethod(GroupMergeMethod):
         def __init__(self) -> None:
@@ -83,38 +122,8 @@ def mergekit_method(method: MergeMethod, alias: MergekitAlias) -> Any:
 
         def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
             params = method.resolve({**alias.implied, **{k: parameters[k] for k in shared_names}})
-            name = group.metadata.name or ""
             dtype = group.entries[0].tensor.dtype
-
-            def weights_of(entries: Any) -> list[float]:
-                if "weight" not in parameters:
-                    return equal_weights(None, len(entries))
-                return equal_weights([parameters["weight"][e.id] for e in entries], len(entries))
-
-            if task_arithmetic:
-                assert isinstance(method, TaskArithmeticMethod) and group.base is not None
-                anchors = [e for e in group.non_base if parameters["anchor"][e.id]]
-                merged = [e for e in group.non_base if not parameters["anchor"][e.id]]
-                base = _compute(group.base.tensor)
-                result = apply_task_arithmetic(
-                    method,
-                    base,
-                    [_compute(e.tensor) - base for e in merged],
-                    weights=weights_of(merged),
-                    name=name,
-                    params=params,
-                    anchor=_compute(anchors[0].tensor) if anchors else None,
-                )
-            else:
-                assert isinstance(method, TensorMergeMethod)
-                entries = group.entries
-                result = method.merge_tensors(
-                    [_compute(e.tensor) for e in entries],
-                    weights=weights_of(entries),
-                    name=name,
-                    params=params,
-                )
-            return result.to(dtype)
+            return _merge_group(method, params, group, parameters).to(dtype)
 
     return EvomergeMethod()
 

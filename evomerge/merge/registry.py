@@ -1,27 +1,36 @@
 """The merge-method registry: every method a plugin registers, by name and by mergekit alias.
 
 Like mergekit's ``merge_methods.registry``: a flat table keyed by name and a
-``get(name)`` that fails loudly listing what exists. A name (or mergekit alias)
-registered by two plugins is an error naming both.
+``get(name)`` that fails loudly listing what exists. Collection, name clashes
+and caching are the generic :class:`evomerge.registry.Registry`'s; this module
+adds the stage check and the mergekit names (``multislerp`` = ``slerp`` with
+``mode: multislerp``), which may not clash either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, cast
 
 import pluggy
 
 from evomerge.merge.base import STAGES, MergekitAlias, MergeMethod
+from evomerge.registry import Entry, Registry, UnknownNameError
 
 
-class UnknownMergeMethodError(KeyError):
+class UnknownMergeMethodError(UnknownNameError):
     """No plugin registers a merge method of that name."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+
+#: Class-based methods come from the hook; ``@merge_method`` ones from plugin modules' namespaces.
+MERGE_METHODS: Registry[MergeMethod] = Registry(
+    "merge method",
+    "evomerge_register_merge_methods",
+    MergeMethod,
+    key=lambda method: method.name(),
+    error=UnknownMergeMethodError,
+    module_objects=True,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class MethodRegistry:
     """Methods by evomerge name, plus the mergekit names they are written as."""
 
     def __init__(self, entries: Iterable[tuple[str, MergeMethod]]):
+        """``entries``: (plugin, method) pairs whose names are already unique."""
         self._methods: dict[str, MergeMethod] = {}
         self._owners: dict[str, str] = {}
         self._aliases: dict[str, ResolvedName] = {}
@@ -45,24 +55,14 @@ class MethodRegistry:
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> MethodRegistry:
-        """Collect ``evomerge_register_merge_methods`` from every plugin, in registration order."""
-        entries: list[tuple[str, MergeMethod]] = []
-        for impl in pm.hook.evomerge_register_merge_methods.get_hookimpls():
-            methods = cast("list[MergeMethod]", impl.function() or [])
-            entries.extend((impl.plugin_name, method) for method in methods)
-        return cls(entries)
+        """The methods of ``pm``'s plugins (the loaded manager's are :func:`get_registry`)."""
+        return cls((e.owner, e.item) for e in MERGE_METHODS.collect(pm).values())
 
     def _add(self, plugin: str, method: MergeMethod) -> None:
-        if not isinstance(method, MergeMethod):
-            raise TypeError(f"plugin {plugin!r} registered {method!r}, not an evomerge MergeMethod")
         name = method.name()
         if method.stage not in STAGES:
             raise ValueError(
                 f"merge method {name!r} from plugin {plugin!r} has unknown stage {method.stage!r}"
-            )
-        if name in self._methods:
-            raise ValueError(
-                f"merge method {name!r} is registered by both {self._owners[name]!r} and {plugin!r}"
             )
         aliases = method.mergekit_aliases()
         for alias in aliases:
@@ -80,14 +80,8 @@ class MethodRegistry:
     def names(self) -> list[str]:
         return sorted(self._methods)
 
-    def owner(self, name: str) -> str:
-        return self._owners[name]
-
-    def methods(self) -> list[MergeMethod]:
-        return [self._methods[n] for n in self.names()]
-
     def get(self, name: str) -> MergeMethod:
-        """The method called ``name``, or an error listing every registered method."""
+        """The method called ``name`` (or mergekit alias), or an error listing every registered method."""
         if name in self._methods:
             return self._methods[name]
         if name in self._aliases:
@@ -107,23 +101,18 @@ class MethodRegistry:
         return list(self._aliases.values())
 
 
-@lru_cache(maxsize=1)
-def get_registry() -> MethodRegistry:
-    """The registry built from the plugin manager (once per process)."""
-    from evomerge.plugins import get_plugin_manager
+_CACHE: tuple[dict[str, Entry[MergeMethod]], MethodRegistry] | None = None
 
-    return MethodRegistry.from_plugin_manager(get_plugin_manager())
+
+def get_registry() -> MethodRegistry:
+    """The registry of the loaded plugins (rebuilt only when the plugins change)."""
+    global _CACHE
+    entries = MERGE_METHODS.entries()
+    if _CACHE is None or _CACHE[0] is not entries:
+        _CACHE = (entries, MethodRegistry((e.owner, e.item) for e in entries.values()))
+    return _CACHE[1]
 
 
 def get_method(name: str) -> MergeMethod:
     """Shortcut for ``get_registry().get(name)``."""
     return get_registry().get(name)
-
-
-def describe(method: MergeMethod) -> dict[str, Any]:
-    """Name, stage and parameter table of a method (for docs and ``plugins list``)."""
-    return {
-        "name": method.name(),
-        "stage": method.stage,
-        "parameters": {p.name: p.default for p in method.parameters()},
-    }

@@ -165,6 +165,9 @@ def _forget_other_specs(out: Path, spec: FamilySpec) -> None:
 def _load(dest: Path) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
+    import evomerge
+
+    evomerge.load_plugins()  # trm_titans_mag is a plugin family
     return AutoModelForCausalLM.from_pretrained(dest)
 
 

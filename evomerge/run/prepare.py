@@ -105,7 +105,7 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
     ctx.dist.wait_for_everyone()
     device = resolve_device(recipe.device.device)
-    arch = get_architecture(recipe.inputs.architecture)
+    arch = get_architecture(validated.architecture)
     config = arch.config_class.from_pretrained(paths[0])
 
     def factory() -> PreTrainedModel:

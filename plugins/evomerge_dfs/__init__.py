@@ -1,13 +1,11 @@
-"""The ``dfs`` merge method (inverse-variance selection), a plugin like any third-party one."""
+"""The ``dfs`` merge method (inverse-variance selection), a plugin like any third-party one.
+
+``dfs`` is made with ``@evomerge.merge_method`` in ``evomerge_dfs.method``:
+imported here, it is registered when evomerge loads the plugin, with no hook.
+"""
 
 from __future__ import annotations
 
-from evomerge import hookimpl
-from evomerge.merge import MergeMethod
+from evomerge_dfs import method
 
-
-@hookimpl
-def evomerge_register_merge_methods() -> list[MergeMethod]:
-    from evomerge_dfs.method import Dfs
-
-    return [Dfs()]
+__all__ = ["method"]

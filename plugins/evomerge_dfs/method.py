@@ -9,12 +9,12 @@ source with 10× smaller deviation weighs ~100× more.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 
-from evomerge.merge import MethodParameter, TensorMergeMethod
+import evomerge
 
 
 def inverse_variance_merge(
@@ -50,30 +50,12 @@ def inverse_variance_merge(
     return result
 
 
-class Dfs(TensorMergeMethod):
-    """Deep feature selection as inverse-variance weighting (docs/merging.md "dfs")."""
-
-    stage = "selection"
-
-    def name(self) -> str:
-        return "dfs"
-
-    def parameters(self) -> list[MethodParameter]:
-        return [
-            MethodParameter(
-                "per_row", bool, False, "one importance per output row, not per tensor"
-            ),
-            MethodParameter("eps", float, 1e-12, "floor of the deviation"),
-        ]
-
-    def merge_tensors(
-        self,
-        tensors: Sequence[torch.Tensor],
-        *,
-        weights: Sequence[float],
-        name: str,
-        params: Mapping[str, Any],
-    ) -> torch.Tensor:
-        return inverse_variance_merge(
-            tensors, per_row=bool(params.get("per_row", False)), eps=float(params.get("eps", 1e-12))
-        )
+@evomerge.merge_method("dfs", stage="selection")
+def dfs(
+    tensors: Sequence[torch.Tensor],
+    *,
+    per_row: Annotated[bool, "one importance per output row, not per tensor"] = False,
+    eps: Annotated[float, evomerge.Range(0, None), "floor of the deviation"] = 1e-12,
+) -> torch.Tensor:
+    """Deep feature selection as inverse-variance weighting (docs/merging.md, selection stage)."""
+    return inverse_variance_merge(tensors, per_row=per_row, eps=eps)

@@ -1,8 +1,8 @@
 """TRM x Titans-MAG: the Phase-1 model family, as an evomerge architecture plugin.
 
 Registered through the ``evomerge`` entry-point group exactly as a third-party
-plugin would be; evomerge then makes it loadable with ``AutoModelForCausalLM``
-and mergeable by mergekit.
+plugin would be; ``evomerge.load_plugins()`` then makes it loadable with
+``AutoModelForCausalLM``, and merging makes it known to mergekit.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from evomerge import hookimpl
 
 if TYPE_CHECKING:
     from evomerge.architectures import Architecture
-
-# The same marker as ``evomerge.hookimpl``. Importing it from evomerge here would make
-# ``import evomerge_trm_titans`` (before evomerge) load evomerge, which loads its entry
-# points, which registers this module while it is still half-imported: no hooks found.
-hookimpl = pluggy.HookimplMarker("evomerge")
 
 MODEL_TYPE = "trm_titans_mag"
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 
-from evomerge.merge.base import MergekitAlias, MethodParameter, TaskArithmeticMethod
+from evomerge.merge.base import MergekitAlias, Range
+from evomerge.merge.decorator import merge_method
 
 
 def mask_seed(seed: int, name: str, index: int) -> int:
@@ -44,47 +45,26 @@ def dare_mask(
     return uniform16 < (-32768 + round(density * 65536))
 
 
-class Dare(TaskArithmeticMethod):
+@merge_method("dare", stage="task_arithmetic", mergekit=[MergekitAlias("dare", anchored=True)])
+def dare(
+    deltas: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    name: str,
+    density: Annotated[float, Range(0, 1), "probability of keeping an element"] = 0.1,
+    seed: Annotated[int, "mask seed (the combo's seed)"] = 0,
+) -> torch.Tensor:
     """``Σ w_i·mask_i⊙τ_i/density`` with per-(seed, tensor, input) masks."""
-
-    def name(self) -> str:
-        return "dare"
-
-    def parameters(self) -> list[MethodParameter]:
-        return [
-            *super().parameters(),
-            MethodParameter("density", float, 0.1, "probability of keeping an element"),
-            MethodParameter("seed", int, 0, "mask seed (the combo's seed)"),
-        ]
-
-    def mergekit_aliases(self) -> list[MergekitAlias]:
-        return [MergekitAlias("dare", anchored=True)]
-
-    def merge_deltas(
-        self,
-        deltas: Sequence[torch.Tensor],
-        *,
-        weights: Sequence[float],
-        name: str,
-        params: Mapping[str, Any],
-    ) -> torch.Tensor:
-        density = float(params.get("density", 0.1))
-        seed = int(params.get("seed", 0))
-        merged = torch.zeros_like(deltas[0])
-        if density >= 1.0:
-            for w, delta in zip(weights, deltas, strict=True):
-                merged.add_(delta, alpha=float(w))
-            return merged
-        if density <= 0.0:
-            return merged
-        for index, (w, delta) in enumerate(zip(weights, deltas, strict=True)):
-            keep = dare_mask(
-                delta.shape,
-                density=density,
-                seed=seed,
-                name=name,
-                index=index,
-                device=delta.device,
-            )
-            merged.add_(torch.where(keep, delta, 0.0), alpha=float(w) / density)
+    merged = torch.zeros_like(deltas[0])
+    if density >= 1.0:
+        for w, delta in zip(weights, deltas, strict=True):
+            merged.add_(delta, alpha=float(w))
         return merged
+    if density <= 0.0:
+        return merged
+    for index, (w, delta) in enumerate(zip(weights, deltas, strict=True)):
+        keep = dare_mask(
+            delta.shape, density=density, seed=seed, name=name, index=index, device=delta.device
+        )
+        merged.add_(torch.where(keep, delta, 0.0), alpha=float(w) / density)
+    return merged

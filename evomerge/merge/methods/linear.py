@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 
-from evomerge.merge.base import MergekitAlias, MethodParameter, TensorMergeMethod
+from evomerge.merge.base import MergekitAlias
+from evomerge.merge.decorator import merge_method
 
 
 def weighted_sum(
@@ -24,29 +25,12 @@ def weighted_sum(
     return out
 
 
-class Linear(TensorMergeMethod):
+@merge_method("linear", stage="interpolation", mergekit=[MergekitAlias("linear", native=True)])
+def linear(
+    tensors: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    normalize: Annotated[bool, "divide by the sum of the weights"] = True,
+) -> torch.Tensor:
     """``Σ w_i·M_i / Σ w_i``: the baseline and the fallback of every stage."""
-
-    stage = "interpolation"
-
-    def name(self) -> str:
-        return "linear"
-
-    def parameters(self) -> list[MethodParameter]:
-        return [
-            *super().parameters(),
-            MethodParameter("normalize", bool, True, "divide by the sum of the weights"),
-        ]
-
-    def mergekit_aliases(self) -> list[MergekitAlias]:
-        return [MergekitAlias("linear", native=True)]
-
-    def merge_tensors(
-        self,
-        tensors: Sequence[torch.Tensor],
-        *,
-        weights: Sequence[float],
-        name: str,
-        params: Mapping[str, Any],
-    ) -> torch.Tensor:
-        return weighted_sum(tensors, weights, normalize=bool(params.get("normalize", True)))
+    return weighted_sum(tensors, weights, normalize=normalize)

@@ -11,12 +11,13 @@ tensors), this falls back to the linear merge. No input gives NaN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
 
-from evomerge.merge.base import MergeConfigError, MergekitAlias, MethodParameter, TensorMergeMethod
+from evomerge.merge.base import MergeConfigError, MergekitAlias, Range
+from evomerge.merge.decorator import merge_method
 from evomerge.merge.methods.linear import weighted_sum
 
 DOT_THRESHOLD = 0.9995  # mergekit's: above it, two tensors count as parallel
@@ -80,38 +81,22 @@ def multislerp(
     return result
 
 
-class Slerp(TensorMergeMethod):
+@merge_method(
+    "slerp",
+    stage="interpolation",
+    mergekit=[
+        MergekitAlias("slerp_chain", {"mode": "chain"}),
+        MergekitAlias("multislerp", {"mode": "multislerp"}, native=True),
+    ],
+)
+def slerp(
+    tensors: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    mode: Annotated[Literal["chain", "multislerp"], "multislerp or chain"] = "chain",
+    eps: Annotated[float, Range(0, None), "norm floor"] = 1e-8,
+) -> torch.Tensor:
     """Spherical interpolation of N inputs; ``mode`` picks multislerp or the pairwise chain."""
-
-    stage = "interpolation"
-
-    def name(self) -> str:
-        return "slerp"
-
-    def parameters(self) -> list[MethodParameter]:
-        return [
-            *super().parameters(),
-            MethodParameter(
-                "mode", str, "chain", "multislerp or chain", choices=("chain", "multislerp")
-            ),
-            MethodParameter("eps", float, 1e-8, "norm floor"),
-        ]
-
-    def mergekit_aliases(self) -> list[MergekitAlias]:
-        return [
-            MergekitAlias("slerp_chain", {"mode": "chain"}),
-            MergekitAlias("multislerp", {"mode": "multislerp"}, native=True),
-        ]
-
-    def merge_tensors(
-        self,
-        tensors: Sequence[torch.Tensor],
-        *,
-        weights: Sequence[float],
-        name: str,
-        params: Mapping[str, Any],
-    ) -> torch.Tensor:
-        eps = float(params.get("eps", 1e-8))
-        if params.get("mode", "chain") == "multislerp":
-            return multislerp(tensors, weights, eps=eps)
-        return slerp_chain(tensors, weights, eps=eps)
+    if mode == "multislerp":
+        return multislerp(tensors, weights, eps=eps)
+    return slerp_chain(tensors, weights, eps=eps)

@@ -11,12 +11,13 @@ with ``reference: ancestor`` (an anchor input) as ``evomerge_ties``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 
-from evomerge.merge.base import MergekitAlias, MethodParameter, TaskArithmeticMethod
+from evomerge.merge.base import MergekitAlias, Range
+from evomerge.merge.decorator import merge_method
 
 
 def magnitude_threshold(magnitude: torch.Tensor, density: float) -> torch.Tensor | None:
@@ -43,52 +44,38 @@ def trim(delta: torch.Tensor, density: float, *, out: torch.Tensor | None = None
     return torch.mul(delta, keep, out=out) if out is not None else delta * keep
 
 
-class Ties(TaskArithmeticMethod):
+@merge_method(
+    "ties",
+    stage="task_arithmetic",
+    mergekit=[MergekitAlias("ties", native=True), MergekitAlias("evomerge_ties", anchored=True)],
+)
+def ties(
+    deltas: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    density: Annotated[float, Range(0, 1), "fraction of each task vector kept"] = 0.2,
+    normalize: Annotated[bool, "divide by the agreeing weights (disjoint mean)"] = True,
+) -> torch.Tensor:
     """Trim to top-``density`` magnitudes, elect signs by sum, disjoint weighted mean."""
-
-    def name(self) -> str:
-        return "ties"
-
-    def parameters(self) -> list[MethodParameter]:
-        return [
-            *super().parameters(),
-            MethodParameter("density", float, 0.2, "fraction of each task vector kept"),
-            MethodParameter(
-                "normalize", bool, True, "divide by the agreeing weights (disjoint mean)"
-            ),
-        ]
-
-    def mergekit_aliases(self) -> list[MergekitAlias]:
-        return [MergekitAlias("ties", native=True), MergekitAlias("evomerge_ties", anchored=True)]
-
-    def merge_deltas(
-        self,
-        deltas: Sequence[torch.Tensor],
-        *,
-        weights: Sequence[float],
-        name: str,
-        params: Mapping[str, Any],
-    ) -> torch.Tensor:
-        density = float(params.get("density", 0.2))
-        weighted = deltas[0].new_empty((len(deltas), *deltas[0].shape))  # W: (N, *shape)
-        for i, (delta, w) in enumerate(zip(deltas, weights, strict=True)):
-            trim(delta, density, out=weighted[i]).mul_(float(w))
-        # Disjoint mean without per-input masks (bool tensors are slow on CPU):
-        # with S = Σ W_i and A = Σ |W_i|, the agreeing values sum to P = (A + S)/2 where the
-        # elected sign is + (S >= 0) and to N = (S − A)/2 where it is −; likewise the agreeing
-        # weights are (Z + D)/2 or (Z − D)/2 with D = Σ w_i sign(W_i), Z = Σ w_i |sign(W_i)|.
-        total = weighted.sum(0)  # S
-        elected = (total >= 0).to(total.dtype).mul_(2).sub_(1)  # +1 / -1
-        weight_vec = torch.tensor(list(weights), dtype=weighted.dtype, device=weighted.device)
-        flat = weighted.reshape(len(deltas), -1)
-        signs = torch.sign(flat)
-        signed_weight = torch.matmul(weight_vec, signs)  # D, (numel,)
-        nonzero_weight = torch.matmul(weight_vec, signs.abs_())  # Z
-        del signs
-        magnitude = flat.abs_().sum(0)  # A
-        merged = total.reshape(-1).addcmul_(elected.reshape(-1), magnitude).mul_(0.5)
-        if not params.get("normalize", True):
-            return merged.view_as(total)
-        divisor = nonzero_weight.addcmul_(elected.reshape(-1), signed_weight).mul_(0.5)
-        divisor = torch.where(divisor == 0, 1.0, divisor)
-        return merged.div_(divisor).view_as(total)
+    weighted = deltas[0].new_empty((len(deltas), *deltas[0].shape))  # W: (N, *shape)
+    for i, (delta, w) in enumerate(zip(deltas, weights, strict=True)):
+        trim(delta, density, out=weighted[i]).mul_(float(w))
+    # Disjoint mean without per-input masks (bool tensors are slow on CPU):
+    # with S = Σ W_i and A = Σ |W_i|, the agreeing values sum to P = (A + S)/2 where the
+    # elected sign is + (S >= 0) and to N = (S − A)/2 where it is −; likewise the agreeing
+    # weights are (Z + D)/2 or (Z − D)/2 with D = Σ w_i sign(W_i), Z = Σ w_i |sign(W_i)|.
+    total = weighted.sum(0)  # S
+    elected = (total >= 0).to(total.dtype).mul_(2).sub_(1)  # +1 / -1
+    weight_vec = torch.tensor(list(weights), dtype=weighted.dtype, device=weighted.device)
+    flat = weighted.reshape(len(deltas), -1)
+    signs = torch.sign(flat)
+    signed_weight = torch.matmul(weight_vec, signs)  # D, (numel,)
+    nonzero_weight = torch.matmul(weight_vec, signs.abs_())  # Z
+    del signs
+    magnitude = flat.abs_().sum(0)  # A
+    merged = total.reshape(-1).addcmul_(elected.reshape(-1), magnitude).mul_(0.5)
+    if not normalize:
+        return merged.view_as(total)
+    divisor = nonzero_weight.addcmul_(elected.reshape(-1), signed_weight).mul_(0.5)
+    divisor = torch.where(divisor == 0, 1.0, divisor)
+    return merged.div_(divisor).view_as(total)

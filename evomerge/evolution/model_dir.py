@@ -1,0 +1,153 @@
+"""One saved model directory read cheaply: ``config.json``, safetensors headers, tokenizer hash.
+
+What :mod:`evomerge.evolution.validate` checks a set of inputs with. Nothing
+here loads weights: safetensors headers give names, shapes and dtypes. Every
+failure is one ``InputValidationError`` line, ``PATH: CHECK: detail``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Files that define a tokenizer's vocabulary, in the order they are hashed.
+from evomerge.data.tokenizer import TOKENIZER_VOCAB_FILES as TOKENIZER_FILES
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+#: tokenizer.json keys that define tokenization (truncation/padding settings do not).
+_TOKENIZER_JSON_KEYS = (
+    "added_tokens",
+    "normalizer",
+    "pre_tokenizer",
+    "model",
+    "post_processor",
+    "decoder",
+)
+
+
+class InputValidationError(ValueError):
+    """A set of input models that cannot be merged; the message names the path and the check."""
+
+
+@dataclass
+class ModelFiles:
+    """One model dir as read from disk: config and tensor name -> (file, shape, dtype)."""
+
+    path: Path
+    config: dict[str, Any]
+    files: dict[str, Path]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+
+
+def fail(path: Path, check: str, detail: str) -> InputValidationError:
+    """The one-line error ``PATH: CHECK: detail`` (raised by the caller)."""
+    return InputValidationError(f"{path}: {check}: {detail}")
+
+
+def read_json(path: Path, check: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(path, check, f"cannot parse JSON ({exc})") from None
+
+
+def read_config(model_dir: Path, architecture: str | None) -> dict[str, Any]:
+    """``config.json`` as a dict; its ``model_type`` must be ``architecture`` (any string when None)."""
+    if not model_dir.is_dir():
+        raise fail(model_dir, "path", "not a directory (expected a save_pretrained model dir)")
+    cfg_path = model_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise fail(model_dir, "config", f"no {CONFIG_FILE}")
+    config = read_json(cfg_path, "config")
+    if not isinstance(config, dict):
+        raise fail(cfg_path, "config", "must be a JSON object")
+    model_type = config.get("model_type")
+    if architecture is None and not isinstance(model_type, str):
+        raise fail(cfg_path, "model_type", "missing (config.json must name its model_type)")
+    if architecture is not None and model_type != architecture:
+        raise fail(cfg_path, "model_type", f"is {model_type!r}, expected {architecture!r}")
+    return config
+
+
+def weight_files(model_dir: Path) -> dict[str, Path] | Path:
+    """Tensor name -> shard for a sharded model, or the single weights file."""
+    single, index = model_dir / WEIGHTS_FILE, model_dir / INDEX_FILE
+    if single.is_file():
+        return single
+    if not index.is_file():
+        other = [p.name for p in model_dir.glob("*.bin")]
+        hint = f" (found {', '.join(other)}: only safetensors is supported)" if other else ""
+        raise fail(model_dir, "weights", f"no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
+    data = read_json(index, "weights")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise fail(index, "weights", "has no 'weight_map'")
+    files = {str(name): model_dir / str(shard) for name, shard in weight_map.items()}
+    for shard in sorted(set(files.values())):
+        if not shard.is_file():
+            raise fail(index, "weights", f"shard {shard.name} is missing")
+    return files
+
+
+def read_model(model_dir: Path, architecture: str) -> ModelFiles:
+    config = read_config(model_dir, architecture)
+    found = weight_files(model_dir)
+    by_file: dict[Path, list[str] | None] = {}
+    if isinstance(found, Path):
+        by_file[found] = None
+    else:
+        for name, shard in found.items():
+            by_file.setdefault(shard, []).append(name)  # type: ignore[union-attr]
+    from safetensors import safe_open
+
+    files: dict[str, Path] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    for shard, expected in by_file.items():
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                names = list(f.keys())
+                for name in names:
+                    sl = f.get_slice(name)
+                    shapes[name] = tuple(int(d) for d in sl.get_shape())
+                    dtypes[name] = str(sl.get_dtype())
+                    files[name] = shard
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise fail(shard, "weights", f"not a readable safetensors file ({exc})") from None
+        if expected is not None:
+            missing = sorted(set(expected) - set(names))
+            if missing:
+                raise fail(shard, "weights", f"index lists tensor {missing[0]!r}, shard lacks it")
+    return ModelFiles(model_dir, config, files, shapes, dtypes)
+
+
+def tokenizer_hash(model_dir: Path) -> str | None:
+    """A hash of the files that define tokenization, or None when the dir has no tokenizer.
+
+    tokenizer.json is hashed by its tokenization keys only, so a tokenizer saved
+    with different padding/truncation settings still counts as the same.
+    """
+    h = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        found = True
+        h.update(name.encode() + b"\0")
+        if name == "tokenizer.json":
+            data = read_json(path, "tokenizer")
+            if not isinstance(data, dict):
+                raise fail(path, "tokenizer", "must be a JSON object")
+            core = {k: data.get(k) for k in _TOKENIZER_JSON_KEYS}
+            h.update(json.dumps(core, sort_keys=True).encode())
+        else:
+            h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest() if found else None
