@@ -21,9 +21,10 @@ import torch
 from transformers import PreTrainedModel
 
 from evomerge.evolution.checkpoint import Checkpoint, atomic_write_bytes
-from evomerge.evolution.loop import COMBOS, EvolutionLoop, LoopSettings
+from evomerge.evolution.loop import EvolutionLoop, LoopSettings
 from evomerge.evolution.pool import ModelPool, load_weights_, weights
 from evomerge.evolution.recipe import Recipe, RecipeError
+from evomerge.merge.combos import COMBO_LABELS
 
 EXIT_PASS, EXIT_BELOW_TARGET, EXIT_BAD_INPUT = 0, 1, 2
 RESIDENT_LIMIT = 12
@@ -265,7 +266,8 @@ class Run:
         composite, input_scores = self._reference(CompositeFitness, cfg, harness, inputs)
 
         engine = MergeEngine(
-            StageParams(methods=recipe.stages), calibration=harness.calibration_loss
+            StageParams(methods=recipe.stages, table=recipe.combo_table()),
+            calibration=harness.calibration_loss,
         )
 
         def merge(
@@ -483,7 +485,7 @@ class Run:
                 "diversity_per_gen": state.diversity_per_gen,
                 "reseeded_generations": state.reseeded_generations,
             },
-            "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBOS},
+            "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBO_LABELS},
             "champion_terms": state.champion_terms,
             "inputs": {
                 "models": [str(p) for p in self.input_paths],
