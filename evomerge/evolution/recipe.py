@@ -151,9 +151,9 @@ class Recipe(_Strict):
         min_length=3,
         max_length=3,
         description=(
-            "The combo table: bit i of a label picks combos[i][bit]; rows are the "
-            "interpolation, task-arithmetic and selection stages (any registered method "
-            "whose stage fits its row)."
+            "The combo table, three [bit 0, bit 1] method pairs: bit i of a combo label "
+            "picks combos[i][bit]; rows are the interpolation, task-arithmetic and "
+            "selection stages (see [The combo table](#the-combo-table))."
         ),
     )
     stages: dict[str, dict[str, Any]] = Field(
