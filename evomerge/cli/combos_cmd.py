@@ -65,11 +65,11 @@ def _models(
     models: tuple[str, str, str] | None, base: str | None, recipe: Any
 ) -> tuple[list[str], str | None]:
     """--models/--base, else the recipe's inputs (explicit model dirs only)."""
-    if recipe is not None and base is None and recipe.inputs.base_model is not None:
-        base = str(recipe.inputs.base_model)
     if models is not None:
         return list(models), base
     if recipe is not None and recipe.inputs.models is not None:
+        if base is None and recipe.inputs.base_model is not None:
+            base = str(recipe.inputs.base_model)
         return [str(m) for m in recipe.inputs.models], base
     raise _fail("give --models M1 M2 M3 (or --recipe with `inputs.models`)")
 

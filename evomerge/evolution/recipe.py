@@ -274,14 +274,9 @@ def _first_unset(data: Any, loc: tuple[Any, ...]) -> str | None:
     """The shortest prefix of ``loc`` the file does not set (a default's problem), or None."""
     node = data
     for depth, key in enumerate(loc):
-        if (
-            isinstance(node, dict)
-            and key in node
-            or isinstance(node, list)
-            and isinstance(key, int)
-            and key < len(node)
-        ):
-            node = node[key]
-        else:
+        in_mapping = isinstance(node, dict) and key in node
+        in_list = isinstance(node, list) and isinstance(key, int) and key < len(node)
+        if not (in_mapping or in_list):
             return ".".join(str(k) for k in loc[: depth + 1])
+        node = node[key]
     return None
