@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from evomerge.architectures import get_architecture
 from evomerge.evolution.checkpoint import Checkpoint, CheckpointError
-from evomerge.evolution.loop import COMBOS, EvolutionLoop, LoopSettings
+from evomerge.evolution.loop import EvolutionLoop, LoopSettings
 from evomerge.evolution.operators import mutate_
 from evomerge.evolution.pool import (
     ModelPool,
@@ -21,6 +21,7 @@ from evomerge.evolution.pool import (
     load_weights_,
     weights,
 )
+from evomerge.merge.combos import COMBO_LABELS as COMBOS
 
 
 @dataclass

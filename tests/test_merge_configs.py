@@ -110,3 +110,46 @@ def test_bad_label_and_missing_base() -> None:
         combo_config("0101", MODELS)
     with pytest.raises(MergeConfigError, match="needs a base model"):
         combo_config("000", MODELS, params=StageParams(reference="ancestor"))
+
+
+def test_a_custom_table_picks_the_methods_of_each_bit() -> None:
+    params = StageParams(table=(("slerp", "linear"), ("ties", "dare"), ("dfs", "frankenmerge")))
+    assert params.combo_methods("000") == ("slerp", "ties", "dfs")
+    assert params.combo_methods("101") == ("linear", "ties", "frankenmerge")
+    config = combo_config("011", MODELS, params=params)
+    assert [s.merge_method for s in config.stages] == ["slerp_chain", "dare", "frankenmerge"]
+    assert label_of(config, params) == "011"
+    assert label_of(config) == "100"  # the same methods are combo 100 of the default table
+    other = StageParams(table=(("slerp", "linear"), ("ties", "dare"), ("linear", "dfs")))
+    assert label_of(config, other) is None  # frankenmerge is in no row of that table
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            (("ties", "slerp"), ("dare", "ties"), ("frankenmerge", "dfs")),
+            "'ties' cannot fill the interpolation stage \\(declared stage='task_arithmetic'\\); "
+            "methods that can: linear, slerp",
+        ),
+        (
+            (("linear", "slerp"), ("dare", "dfs"), ("frankenmerge", "dfs")),
+            "'dfs' cannot fill the task_arithmetic stage \\(declared stage='selection', "
+            "not a TaskArithmeticMethod\\); methods that can: dare, ties",
+        ),
+        (
+            (("linear", "slerp"), ("dare", "ties"), ("frankenmerge", "nope")),
+            "no plugin registers merge method 'nope'",
+        ),
+    ],
+)
+def test_a_wrongly_staged_table_is_one_clear_error(table: tuple, message: str) -> None:
+    from evomerge.merge import UnknownMergeMethodError
+
+    with pytest.raises((MergeConfigError, UnknownMergeMethodError), match=message):
+        combo_config("111", MODELS, params=StageParams(table=table))
+
+
+def test_a_table_row_names_two_methods() -> None:
+    with pytest.raises(ValueError, match="table row 0 names 'linear' twice"):
+        StageParams(table=(("linear", "linear"), ("dare", "ties"), ("frankenmerge", "dfs")))

@@ -1,4 +1,9 @@
-"""``evomerge combos``: print, export and run the 3-stage merge combos ("000".."111")."""
+"""``evomerge combos``: print, export and run the 3-stage merge combos ("000".."111").
+
+``show`` and ``export`` use the default combo table, or with ``--recipe`` the
+recipe's own ``combos:`` and ``stages:``, so a user sees exactly what
+``recipe run`` would merge.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,15 @@ app = typer.Typer(
     help="The eight 3-bit merge combos as multi-stage merge configs.", no_args_is_help=True
 )
 
-MODELS = typer.Option(..., "--models", help="The three input models (directories).")
+MODELS = typer.Option(
+    None, "--models", help="The three input models (directories); default: the recipe's."
+)
 BASE = typer.Option(None, "--base", help="Common ancestor, for --reference ancestor.")
+RECIPE = typer.Option(
+    None,
+    "--recipe",
+    help="Recipe whose combos table and stage parameters to use (--set overrides them).",
+)
 REFERENCE = typer.Option(
     "stage1", "--reference", help="Task vectors against 'stage1' or 'ancestor'."
 )
@@ -23,7 +35,7 @@ SETS = typer.Option(
 CALIBRATION = typer.Option(
     None,
     "--calibration",
-    help="Text file (from the fitness split) scoring frankenmerge's layer choice.",
+    help="Text file (from the fitness split) scoring a whole-model method's layer choice.",
 )
 
 
@@ -37,12 +49,41 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _params(reference: str, sets: list[str] | None) -> Any:
+def _load_recipe(path: Path | None) -> Any:
+    """The recipe (every name in it resolved), or None without --recipe."""
+    if path is None:
+        return None
+    from evomerge.evolution.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(path)
+    except RecipeError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _models(
+    models: tuple[str, str, str] | None, base: str | None, recipe: Any
+) -> tuple[list[str], str | None]:
+    """--models/--base, else the recipe's inputs (explicit model dirs only)."""
+    if models is not None:
+        return list(models), base
+    if recipe is not None and recipe.inputs.models is not None:
+        if base is None and recipe.inputs.base_model is not None:
+            base = str(recipe.inputs.base_model)
+        return [str(m) for m in recipe.inputs.models], base
+    raise _fail("give --models M1 M2 M3 (or --recipe with `inputs.models`)")
+
+
+def _params(reference: str, sets: list[str] | None, recipe: Any = None) -> Any:
     import yaml
 
     from evomerge.merge import StageParams
 
     methods: dict[str, dict[str, Any]] = {}
+    table: dict[str, Any] = {}
+    if recipe is not None:
+        methods = {name: dict(values) for name, values in recipe.stages.items()}
+        table = {"table": recipe.combo_table()}
     for item in sets or []:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
@@ -51,7 +92,7 @@ def _params(reference: str, sets: list[str] | None) -> Any:
         methods.setdefault(method, {})[name] = yaml.safe_load(value)
     if reference not in ("stage1", "ancestor"):
         raise _fail(f"--reference {reference!r}: expected 'stage1' or 'ancestor'")
-    return StageParams(reference=reference, methods=methods)  # type: ignore[arg-type]
+    return StageParams(reference=reference, methods=methods, **table)
 
 
 @app.command("show")
@@ -59,21 +100,24 @@ def show(
     label: Optional[str] = typer.Argument(
         None, help="Combo label like 010; all eight when omitted."
     ),
-    models: tuple[str, str, str] = MODELS,
+    models: Optional[tuple[str, str, str]] = MODELS,
     base: Optional[str] = BASE,
     reference: str = REFERENCE,
     seed: int = SEED,
     sets: Optional[list[str]] = SETS,
+    recipe_path: Optional[Path] = RECIPE,
 ) -> None:
-    """Print the generated multi-document merge YAML of a combo (frankenmerge not yet resolved)."""
+    """Print the generated multi-document merge YAML of a combo (whole-model stages not yet resolved)."""
     from evomerge.merge import COMBO_LABELS, MergeConfigError, UnknownMergeMethodError, combo_config
 
-    params = _params(reference, sets)
+    recipe = _load_recipe(recipe_path)
+    names, base = _models(models, base, recipe)
+    params = _params(reference, sets, recipe)
     try:
         for i, one in enumerate([label] if label else list(COMBO_LABELS)):
             if i:
                 typer.echo("\n# " + "=" * 70)
-            typer.echo(combo_config(one, list(models), base, params, seed=seed).to_yaml(), nl=False)
+            typer.echo(combo_config(one, names, base, params, seed=seed).to_yaml(), nl=False)
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
 
@@ -105,25 +149,30 @@ def _execute(
 @app.command("export")
 def export(
     label: str = typer.Argument(..., help="Combo label like 010."),
-    models: tuple[str, str, str] = MODELS,
+    models: Optional[tuple[str, str, str]] = MODELS,
     out: Path = typer.Option(..., "--out", help="Output directory (save_pretrained)."),
     base: Optional[str] = BASE,
     reference: str = REFERENCE,
     seed: int = SEED,
     sets: Optional[list[str]] = SETS,
     calibration: Optional[str] = CALIBRATION,
+    recipe_path: Optional[Path] = RECIPE,
 ) -> None:
     """Run one combo in memory and save the merged model, its tokenizer and its resolved config."""
     from evomerge.merge import MergeConfigError, UnknownMergeMethodError, combo_config
 
-    params = _params(reference, sets)
+    recipe = _load_recipe(recipe_path)
+    names, base = _models(models, base, recipe)
+    params = _params(reference, sets, recipe)
     try:
-        config = combo_config(label, list(models), base, params, seed=seed)
-        if _needs_calibration(config) and not calibration:
+        config = combo_config(label, names, base, params, seed=seed)
+        needs = _needs_calibration(config)
+        if needs and not calibration:
             raise MergeConfigError(
-                f"combo {label} uses frankenmerge, which needs --calibration FILE (fitness-split text)"
+                f"combo {label} uses {needs}, a whole-model method that needs "
+                "--calibration FILE (fitness-split text)"
             )
-        _execute(config, list(models), base, out, calibration, label)
+        _execute(config, names, base, out, calibration, label)
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
 
@@ -161,19 +210,22 @@ def run(
         anchors_base = {s.base_model for s in config.stages if s.anchor()}
         base = next(iter(anchors_base), None)
         inputs = [n for n in names if n != base]
-        if _needs_calibration(config) and not calibration:
-            raise MergeConfigError(f"{config_file}: frankenmerge needs --calibration FILE")
+        needs = _needs_calibration(config)
+        if needs and not calibration:
+            raise MergeConfigError(f"{config_file}: {needs} needs --calibration FILE")
         _execute(config, inputs, base, out, calibration, None)
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
 
 
-def _needs_calibration(config: Any) -> bool:
+def _needs_calibration(config: Any) -> str | None:
+    """The first whole-model method left to choose its layers (it scores them), or None."""
     from evomerge.merge import get_registry
     from evomerge.merge.base import ModelMergeMethod
 
     registry = get_registry()
-    return any(
-        isinstance(registry.resolve(s.merge_method).method, ModelMergeMethod) and s.slices is None
-        for s in config.stages
-    )
+    for stage in config.stages:
+        method = registry.resolve(stage.merge_method).method
+        if isinstance(method, ModelMergeMethod) and stage.slices is None:
+            return method.name()
+    return None

@@ -32,8 +32,7 @@ from evomerge.evolution.operators import (
     mean_pairwise_distance,
 )
 from evomerge.evolution.pool import ModelPool, copy_weights_, load_weights_, weights
-
-COMBOS = tuple(f"{i:03b}" for i in range(8))  # "000".."111", b0 interpolation first
+from evomerge.merge.combos import COMBO_LABELS
 
 
 class Score(Protocol):
@@ -83,7 +82,7 @@ class LoopState:
     best_fitness_per_gen: list[float] = field(default_factory=list)
     diversity_per_gen: list[float] = field(default_factory=list)
     reseeded_generations: list[int] = field(default_factory=list)
-    combo_usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMBOS, 0))
+    combo_usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMBO_LABELS, 0))
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     #: the best generation-0 combo's lineage node (with its fitness): the report rebuilds it
@@ -190,7 +189,7 @@ class EvolutionLoop:
         return Candidate(out, self.book.add(node))
 
     def _random_label(self, *key: object) -> str:
-        return random.Random(derive_seed(self.settings.seed, "label", *key)).choice(COMBOS)
+        return random.Random(derive_seed(self.settings.seed, "label", *key)).choice(COMBO_LABELS)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -199,7 +198,7 @@ class EvolutionLoop:
         self.on_progress("generation 0: 8 combos")
         self.population = [
             self._combo_into(self.pool.acquire(), label, None, f"g0000-{i}", 0)
-            for i, label in enumerate(COMBOS)
+            for i, label in enumerate(COMBO_LABELS)
         ]
         self._evaluate_and_record(0, reseeded=False, started=started)
 

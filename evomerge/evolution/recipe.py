@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from evomerge.fitness.config import FitnessConfig
+from evomerge.merge.combos import DEFAULT_COMBOS, ComboTable
 
 
 class RecipeError(ValueError):
@@ -141,6 +149,16 @@ class Recipe(_Strict):
 
     name: str = Field("evomerge-run", description="Run name (W&B run, output files).")
     inputs: InputsConfig
+    combos: list[tuple[str, str]] = Field(
+        default_factory=lambda: list(DEFAULT_COMBOS),
+        min_length=3,
+        max_length=3,
+        description=(
+            "The combo table, three [bit 0, bit 1] method pairs: bit i of a combo label "
+            "picks combos[i][bit]; rows are the interpolation, task-arithmetic and "
+            "selection stages (see [The combo table](#the-combo-table))."
+        ),
+    )
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per merge method, parameter overrides (e.g. dare: {density: 0.1}).",
@@ -152,6 +170,19 @@ class Recipe(_Strict):
     output: Path = Field(
         Path("runs/evomerge"), description="Output dir (champion/, result.json, plots)."
     )
+
+    @field_validator("combos")
+    @classmethod
+    def _distinct_pairs(cls, combos: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for row, (a, b) in enumerate(combos):
+            if a == b:
+                raise ValueError(f"row {row} names {a!r} twice: its bit would choose nothing")
+        return combos
+
+    def combo_table(self) -> ComboTable:
+        """The ``combos:`` rows as ``StageParams.table`` takes them."""
+        a, b, c = (tuple(pair) for pair in self.combos)
+        return (a, b, c)  # type: ignore[return-value]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -220,4 +251,35 @@ def load_recipe(path: Path) -> Recipe:
         where = f"{path}:{line}" if line else str(path)
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise RecipeError(f"{where}: {field}: {err['msg']}{more}") from None
-    return recipe.resolved(path.parent.resolve())
+    recipe = recipe.resolved(path.parent.resolve())
+    _check_names(path, root, data, recipe)
+    return recipe
+
+
+def _check_names(path: Path, root: yaml.Node | None, data: dict[str, Any], recipe: Recipe) -> None:
+    """The first name no registry or task file resolves, as ``FILE:LINE: field: message``."""
+    from evomerge.evolution.recipe_check import recipe_problems
+
+    problem = next(recipe_problems(recipe), None)
+    if problem is None:
+        return
+    loc, message = problem
+    line = _line_of(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    field = ".".join(str(p) for p in loc)
+    unset = _first_unset(data, loc)
+    if unset:
+        message += f" (from the default: the recipe sets no `{unset}`)"
+    raise RecipeError(f"{where}: {field}: {message}")
+
+
+def _first_unset(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """The shortest prefix of ``loc`` the file does not set (a default's problem), or None."""
+    node = data
+    for depth, key in enumerate(loc):
+        in_mapping = isinstance(node, dict) and key in node
+        in_list = isinstance(node, list) and isinstance(key, int) and key < len(node)
+        if not (in_mapping or in_list):
+            return ".".join(str(k) for k in loc[: depth + 1])
+        node = node[key]
+    return None

@@ -18,7 +18,13 @@ from evomerge.merge.base import (
     TaskArithmeticMethod,
     TensorMergeMethod,
 )
-from evomerge.merge.combos import COMBO_LABELS, COMBO_TABLE, StageParams, combo_config, parse_label
+from evomerge.merge.combos import (
+    COMBO_LABELS,
+    DEFAULT_COMBOS,
+    StageParams,
+    combo_config,
+    parse_label,
+)
 from evomerge.merge.config import ComboConfig, StageDoc
 from evomerge.merge.engine import ComboResult, MergeEngine, StageError, StageLog
 from evomerge.merge.inputs import InputSet
@@ -31,7 +37,7 @@ from evomerge.merge.registry import (
 
 __all__ = [
     "COMBO_LABELS",
-    "COMBO_TABLE",
+    "DEFAULT_COMBOS",
     "ComboConfig",
     "ComboResult",
     "InputSet",

@@ -1,27 +1,29 @@
-"""Combo labels ("000".."111") and the three-stage merge config each one generates.
+"""Combo labels ("000".."111"), the table of methods the bits pick, and each combo's config.
 
-``b0`` interpolation (0 linear, 1 slerp), ``b1`` task arithmetic (0 dare,
-1 ties), ``b2`` selection (0 frankenmerge, 1 dfs), leftmost first: ``"110"`` =
-SLERP + TIES + FrankenMerge (docs/design.md "Combo labels").
+Bit ``i`` of a label (leftmost first) picks ``table[i][bit]``: row 0 is the
+interpolation stage, row 1 task arithmetic, row 2 selection. The table is data
+(a recipe's ``combos:``); :data:`DEFAULT_COMBOS` is the seed's, under which
+``"110"`` is SLERP + TIES + FrankenMerge (docs/recipes.md, ``combos``). Any
+registered method whose declared ``stage`` fits a row may stand in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evomerge.merge.base import MergeConfigError, TaskArithmeticMethod
+from evomerge.merge.base import MergeConfigError, MergeMethod, TaskArithmeticMethod
 from evomerge.merge.config import ComboConfig, ModelEntry, StageDoc
 from evomerge.merge.registry import MethodRegistry, get_registry
 
+#: The stage each row of a combo table fills, in bit order.
 STAGE_KINDS: tuple[str, str, str] = ("interpolation", "task_arithmetic", "selection")
-COMBO_TABLE: dict[str, tuple[str, str]] = {
-    "interpolation": ("linear", "slerp"),
-    "task_arithmetic": ("dare", "ties"),
-    "selection": ("frankenmerge", "dfs"),
-}
+ComboTable = tuple[tuple[str, str], tuple[str, str], tuple[str, str]]
+#: The seed's table (recipe data, not code: a recipe's ``combos:`` replaces it).
+DEFAULT_COMBOS: ComboTable = (("linear", "slerp"), ("dare", "ties"), ("frankenmerge", "dfs"))
+#: Every combo label, "000".."111" (b0 interpolation first).
 COMBO_LABELS: tuple[str, ...] = tuple(f"{i:03b}" for i in range(8))
 STAGE_NAMES: tuple[str, str] = (
     "stage1",
@@ -44,28 +46,57 @@ class StageParams(BaseModel):
 
     ``methods`` maps a method name to parameter overrides, e.g.
     ``{"slerp": {"mode": "multislerp"}, "dare": {"density": 0.2}, "ties": {"lambda": 0.8}}``;
-    ``table`` maps each stage to its (bit 0, bit 1) methods, so a plugin's method
-    can stand in for a built-in one.
+    ``table[i]`` is the (bit 0, bit 1) pair of methods of stage ``i``, so a
+    plugin's method can stand in for a built-in one (a recipe's ``combos:``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     weights: tuple[float, ...] | None = None
     reference: Literal["stage1", "ancestor"] = "stage1"
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    table: dict[str, tuple[str, str]] = Field(default_factory=lambda: dict(COMBO_TABLE))
+    table: ComboTable = DEFAULT_COMBOS
     dtype: Literal["float32", "float64"] = "float32"
 
     @field_validator("table")
     @classmethod
-    def _all_stages(cls, table: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-        missing = [k for k in STAGE_KINDS if k not in table]
-        if missing:
-            raise ValueError(f"table lacks stage(s) {', '.join(missing)}")
+    def _distinct_pairs(cls, table: ComboTable) -> ComboTable:
+        for row, pair in enumerate(table):
+            if pair[0] == pair[1]:
+                raise ValueError(f"table row {row} names {pair[0]!r} twice")
         return table
 
     def combo_methods(self, label: str) -> tuple[str, str, str]:
         bits = parse_label(label)
-        return tuple(self.table[kind][bit] for kind, bit in zip(STAGE_KINDS, bits, strict=True))  # type: ignore[return-value]
+        return tuple(pair[bit] for pair, bit in zip(self.table, bits, strict=True))  # type: ignore[return-value]
+
+
+def check_combo_method(row: int, name: str, registry: MethodRegistry | None = None) -> MergeMethod:
+    """The method ``name`` if it may fill combo-table row ``row``, else one clear error.
+
+    Row 0 takes interpolation methods, row 1 task-arithmetic ones (a
+    :class:`TaskArithmeticMethod`: the engine adds its result to the stage's
+    reference), row 2 selection ones; a method declared ``stage="any"`` fits
+    rows 0 and 2. Raises ``UnknownMergeMethodError`` for a name no plugin registers.
+    """
+    registry = registry or get_registry()
+    method = registry.get(name)
+    if _fits(method, row):
+        return method
+    kind = STAGE_KINDS[row]
+    why = f"declared stage={method.stage!r}"
+    if row == 1:
+        why += ", not a TaskArithmeticMethod"
+    fitting = [n for n in registry.names() if _fits(registry.get(n), row)]
+    raise MergeConfigError(
+        f"merge method {name!r} cannot fill the {kind} stage ({why}); "
+        f"methods that can: {', '.join(fitting) or 'none'}"
+    )
+
+
+def _fits(method: MergeMethod, row: int) -> bool:
+    if isinstance(method, TaskArithmeticMethod):  # needs a reference: only stage 2 has one
+        return row == 1
+    return row != 1 and method.stage in (STAGE_KINDS[row], "any")
 
 
 def label_of(
@@ -77,11 +108,11 @@ def label_of(
     if len(config.stages) != 3:
         return None
     bits = []
-    for kind, stage in zip(STAGE_KINDS, config.stages, strict=True):
+    for pair, stage in zip(params.table, config.stages, strict=True):
         name = registry.resolve(stage.merge_method).method.name()
-        if name not in params.table[kind]:
+        if name not in pair:
             return None
-        bits.append(str(params.table[kind].index(name)))
+        bits.append(str(pair.index(name)))
     return "".join(bits)
 
 
@@ -135,6 +166,9 @@ def combo_config(
             "reference: ancestor needs a base model (the inputs' common ancestor)"
         )
     names = params.combo_methods(label)
+    for row, pair in enumerate(params.table):  # the whole table: a bad one fails every label
+        for name in pair:
+            check_combo_method(row, name, registry)
     weighted = [
         ModelEntry(model=m, parameters={"weight": w}) for m, w in zip(models, weights, strict=True)
     ]
@@ -151,8 +185,6 @@ def combo_config(
     )
 
     m2, p2 = _method_params(registry, names[1], params, seed)
-    if not isinstance(m2, TaskArithmeticMethod):
-        raise MergeConfigError(f"stage 2 method {names[1]!r} is not a task-arithmetic method")
     anchored = params.reference == "ancestor"
     mk2, w2 = _written(m2, p2, anchored=anchored)
     stage2 = StageDoc(
@@ -190,9 +222,3 @@ def resolved_slices_doc(stage: StageDoc, slices: Sequence[tuple[str, int, int]])
         slices=[SliceEntry(model=m, layer_range=(a, b)) for m, a, b in slices],
         dtype=stage.dtype,
     )
-
-
-def describe_combo(label: str, params: StageParams | None = None) -> Mapping[str, str]:
-    """``{"interpolation": "slerp", ...}`` for a label."""
-    params = params or StageParams()
-    return dict(zip(STAGE_KINDS, params.combo_methods(label), strict=True))

@@ -29,7 +29,7 @@ def merge_engine(recipe: Recipe, ref: Reference) -> Any:
     from evomerge.merge.combos import StageParams
     from evomerge.merge.engine import MergeEngine
 
-    params = StageParams(methods=recipe.stages)
+    params = StageParams(methods=recipe.stages, table=recipe.combo_table())
     return MergeEngine(params, calibration=ref.harness.calibration_loss)
 
 

@@ -23,12 +23,13 @@ from transformers import PreTrainedModel
 from evomerge.device import device_report
 from evomerge.evolution.checkpoint import atomic_write_bytes
 from evomerge.evolution.lineage import LineageNode
-from evomerge.evolution.loop import COMBOS, EvolutionLoop, LoopState
+from evomerge.evolution.loop import EvolutionLoop, LoopState
 from evomerge.evolution.pool import load_weights_, weights
 from evomerge.evolution.rebuild import replay_node
 from evomerge.evolution.recipe import Recipe
 from evomerge.evolution.tracking import HELD_OUT_LABELS
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
+from evomerge.merge.combos import COMBO_LABELS
 from evomerge.run.context import RESIDENT_LIMIT, RunContext
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference, fitness_config
@@ -220,7 +221,7 @@ def build_result(
         # pass/fail is judged on the held-out split: the fitness split was optimised on
         "passed": checks["min_improvement_test_split"] and checks["beats_each_input_test_split"],
         "evolution_log": _evolution_log(state),
-        "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBOS},
+        "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBO_LABELS},
         "champion_terms": state.champion_terms,
         "inputs": {
             "models": [str(p) for p in prep.paths],

@@ -1,0 +1,174 @@
+"""Resolve every name a schema-valid recipe uses, so a bad one stops the run before it writes.
+
+Pydantic checks a recipe's shape; the names in it (merge methods in ``combos:``
+and ``stages:``, their parameters, fitness terms, domains and tasks) only mean
+something to the plugin registries and the task files. Each check yields
+``(field location, message)``; ``load_recipe`` turns the first one into a
+``FILE:LINE: field.path: message`` error. Nothing here loads a model or data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from evomerge.evolution.recipe import Recipe
+
+#: A problem: where in the recipe (pydantic-style location) and what is wrong there.
+Problem = tuple[tuple[Any, ...], str]
+
+
+def recipe_problems(recipe: Recipe) -> Iterator[Problem]:
+    """Every unresolvable name of ``recipe``, in the order a reader meets them (lazily)."""
+    yield from _combo_problems(recipe)
+    yield from _stage_problems(recipe)
+    yield from _fitness_term_problems(recipe)
+    yield from _domain_problems(recipe)
+    yield from _task_problems(recipe)
+
+
+def _combo_problems(recipe: Recipe) -> Iterator[Problem]:
+    """Each ``combos[i][bit]`` is a registered method whose declared stage fits row ``i``."""
+    from evomerge.merge.base import MergeConfigError
+    from evomerge.merge.combos import check_combo_method
+    from evomerge.merge.registry import UnknownMergeMethodError, get_registry
+
+    registry = get_registry()
+    for row, pair in enumerate(recipe.combos):
+        for bit, name in enumerate(pair):
+            try:
+                check_combo_method(row, name, registry)
+            except (UnknownMergeMethodError, MergeConfigError) as exc:
+                yield ("combos", row, bit), str(exc)
+
+
+def _stage_problems(recipe: Recipe) -> Iterator[Problem]:
+    """Each ``stages:`` key names a method; its parameters (and every combo method's) resolve.
+
+    Parameters are checked by the method's own declaration (``resolve``: names,
+    types, choices, ranges), so a plugin method is checked like a built-in one.
+    """
+    from evomerge.merge.base import MergeConfigError
+    from evomerge.merge.registry import UnknownMergeMethodError, get_registry
+
+    registry = get_registry()
+    places: dict[str, tuple[Any, ...]] = {}
+    for row, pair in enumerate(recipe.combos):
+        for bit, name in enumerate(pair):
+            places.setdefault(name, ("combos", row, bit))
+    for key in recipe.stages:
+        try:
+            resolved = registry.resolve(key)
+        except UnknownMergeMethodError as exc:
+            yield ("stages", key), str(exc)
+            return
+        if resolved.method.name() != key:
+            yield ("stages", key), _alias_message(key, resolved)
+            return
+        places[key] = ("stages", key)
+    for name, place in places.items():
+        params = recipe.stages.get(name, {})
+        try:
+            method = registry.get(name)
+            method.resolve(_with_seed(method, params))
+        except UnknownMergeMethodError:
+            continue  # a combo method: reported by _combo_problems
+        except MergeConfigError as exc:
+            wrong = next((k for k in params if repr(str(k)) in str(exc)), None)
+            yield (place if wrong is None else (*place, wrong)), str(exc)
+
+
+def _alias_message(key: str, resolved: Any) -> str:
+    """Overrides are keyed by the evomerge name: the engine looks them up by it."""
+    name = resolved.method.name()
+    implied = ", ".join(f"{k}: {v}" for k, v in resolved.alias.implied.items())
+    example = f" (e.g. {name}: {{{implied}}})" if implied else ""
+    return f"{key!r} is a mergekit name of merge method {name!r}; key its parameters by {name!r}{example}"
+
+
+def _with_seed(method: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine supplies ``seed`` itself (from the run's seed), so a recipe need not."""
+    out = dict(params)
+    if "seed" not in out and any(p.name == "seed" for p in method.parameters()):
+        out["seed"] = 0
+    return out
+
+
+def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
+    """Each ``fitness.weights`` key is a term some plugin registers."""
+    from evomerge.fitness.terms import UnknownFitnessTermError, get_fitness_term
+
+    for name in recipe.fitness.weights:
+        try:
+            get_fitness_term(name)
+        except UnknownFitnessTermError as exc:
+            yield ("fitness", "weights", name), str(exc)
+
+
+def _domain_problems(recipe: Recipe) -> Iterator[Problem]:
+    """``fitness.domains`` are domains of the demo data (tasks are generated per domain)."""
+    from evomerge.fitness.tasks import DEFAULT_DOMAINS
+
+    if not recipe.fitness.domains:
+        yield ("fitness", "domains"), "give at least one domain"
+    for i, domain in enumerate(recipe.fitness.domains):
+        if domain not in DEFAULT_DOMAINS:
+            yield (
+                ("fitness", "domains", i),
+                f"unknown domain {domain!r}; the data has: {', '.join(DEFAULT_DOMAINS)}",
+            )
+
+
+def _task_problems(recipe: Recipe) -> Iterator[Problem]:
+    """``fitness.task_dirs`` exist and ``fitness.tasks`` name generated tasks or theirs."""
+    from evomerge.fitness.tasks import SPLITS, generated_task_names, group_name
+
+    dirs = recipe.fitness.task_dirs
+    for i, folder in enumerate(dirs):
+        if not Path(folder).is_dir():
+            yield ("fitness", "task_dirs", i), f"{folder}: not a directory"
+            return
+    if recipe.fitness.tasks is None:
+        return
+    known: set[str] = set()
+    for split in SPLITS:
+        known.update(generated_task_names(recipe.fitness.domains, split))
+        known.add(group_name(split))
+    for folder in dirs:
+        known |= task_names_in(Path(folder))
+    for i, task in enumerate(recipe.fitness.tasks):
+        if task not in known:
+            where = f" or in {', '.join(map(str, dirs))}" if dirs else ""
+            yield (
+                ("fitness", "tasks", i),
+                f"unknown task {task!r}: not a generated task{where}; "
+                f"known: {', '.join(sorted(known))}",
+            )
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs, whose ``!function`` tags plain safe_load rejects."""
+
+
+_TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def task_names_in(folder: Path) -> set[str]:
+    """The task, group and tag names the lm-eval YAMLs under ``folder`` define (as lm-eval indexes)."""
+    names: set[str] = set()
+    for path in sorted(folder.rglob("*.yaml")):
+        try:
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # not a task file lm-eval could read either
+        if not isinstance(data, dict):
+            continue
+        for key in ("task", "group", "tag"):
+            value = data.get(key)
+            values = value if isinstance(value, list) else [value]
+            names.update(v for v in values if isinstance(v, str))
+    return names
