@@ -111,7 +111,7 @@ def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
 
 def _domain_problems(recipe: Recipe) -> Iterator[Problem]:
     """``fitness.domains`` are domains of the demo data (tasks are generated per domain)."""
-    from evomerge.fitness.tasks import DEFAULT_DOMAINS
+    from evomerge.data.layout import DOMAINS as DEFAULT_DOMAINS
 
     if not recipe.fitness.domains:
         yield ("fitness", "domains"), "give at least one domain"
@@ -125,7 +125,8 @@ def _domain_problems(recipe: Recipe) -> Iterator[Problem]:
 
 def _task_problems(recipe: Recipe) -> Iterator[Problem]:
     """``fitness.task_dirs`` exist and ``fitness.tasks`` name generated tasks or theirs."""
-    from evomerge.fitness.tasks import SPLITS, generated_task_names, group_name
+    from evomerge.data.layout import EVAL_SPLITS as SPLITS
+    from evomerge.fitness.tasks import generated_task_names, group_name
 
     dirs = recipe.fitness.task_dirs
     for i, folder in enumerate(dirs):
