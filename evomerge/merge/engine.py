@@ -32,6 +32,7 @@ from evomerge.merge.base import (
     equal_weights,
 )
 from evomerge.merge.combos import StageParams, combo_config, label_of, resolved_slices_doc
+from evomerge.merge.conditional import any_conditional, for_tensor, resolve_weights_for
 from evomerge.merge.config import ComboConfig, StageDoc, stage_parameters
 from evomerge.merge.inputs import InputSet, fill_aliases
 from evomerge.merge.methods.linear import weighted_sum
@@ -267,13 +268,15 @@ class MergeEngine:
         entries = stage.merged_models()
         sources = [env[m.model] for m in entries]
         weights = equal_weights(stage.weights(), len(sources))
+        per_tensor = any_conditional(params, weights)
         for key in inputs.keys:
             first = sources[0][key]
             if not first.is_floating_point():
                 _put(target, key, first, final)
                 continue
             xs = [_compute(s[key]) for s in sources]
-            merged = method.merge_tensors(xs, weights=weights, name=key, params=params)
+            w, p = for_tensor(weights, params, key) if per_tensor else (weights, params)
+            merged = method.merge_tensors(xs, weights=w, name=key, params=p)
             _put(target, key, merged, final, inputs.models[0][key].dtype)
 
     def _task_arithmetic(
@@ -298,6 +301,7 @@ class MergeEngine:
         if inputs.cache:
             dkey = _digest([keys.get(stage.base_model), [keys.get(m.model) for m in entries]])
             cache = inputs.delta_cache.setdefault(dkey, {})
+        per_tensor = any_conditional(params, weights)
         for key in inputs.keys:
             ref = reference[key]
             if not ref.is_floating_point():
@@ -309,13 +313,14 @@ class MergeEngine:
                 deltas = [_compute(s[key]) - ref for s in sources]
                 if cache is not None:
                     cache[key] = deltas
+            w, p = for_tensor(weights, params, key) if per_tensor else (weights, params)
             merged = apply_task_arithmetic(
                 method,
                 ref,
                 deltas,
-                weights=weights,
+                weights=w,
                 name=key,
-                params=params,
+                params=p,
                 anchor=_compute(anchor[key]) if anchor is not None else None,
             )
             _put(target, key, merged, final, inputs.models[0][key].dtype)
@@ -332,9 +337,11 @@ class MergeEngine:
         weights = stage.weights() if stage.models else []
         w = equal_weights(weights if len(weights) == len(names) else None, len(names))
         sources = [env[n] for n in names]
+        per_tensor = any_conditional(None, w)
         for key in inputs.keys:
             if sources[0][key].is_floating_point():
-                merged = weighted_sum([_compute(s[key]) for s in sources], w)
+                wk = resolve_weights_for(w, key) if per_tensor else w
+                merged = weighted_sum([_compute(s[key]) for s in sources], wk)
                 _put(target, key, merged, final, inputs.models[0][key].dtype)
             else:
                 _put(target, key, sources[0][key], final)
