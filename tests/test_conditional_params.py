@@ -79,6 +79,14 @@ def test_resolve_helpers_and_errors() -> None:
         ties.resolve({"density": [{"filter": GROUP1, "value": "dense"}]})
     with pytest.raises(MergeConfigError, match="gradient"):
         ties.resolve({"density": [0.1, 0.5]})
+    from evomerge.merge.base import MethodParameter
+
+    required = MethodParameter("alpha", float)
+    with pytest.raises(MergeConfigError, match="needs a last entry without 'filter'"):
+        required.validate([{"filter": GROUP1, "value": 0.5}], method="m")
+    assert required.validate([{"value": 1}], method="m") == [{"value": 1.0}]
+    with pytest.raises(MergeConfigError, match="'filter' and 'value'"):
+        ties.resolve({"density": {"filter": GROUP1}})
     with pytest.raises(MergeConfigError, match="'filter' and 'value'"):
         ties.resolve({"density": [{"filtr": GROUP1, "value": 0.5}]})
 

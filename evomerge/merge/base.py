@@ -63,14 +63,13 @@ class MethodParameter:
         as a list; see :mod:`evomerge.merge.conditional`.
         """
         if isinstance(value, (list, tuple, Mapping)):
-            from evomerge.merge.conditional import validate_setting
+            from evomerge.merge.conditional import REQUIRED, validate_setting
 
             return validate_setting(
                 value,
                 lambda v: self.validate(v, method=method),
                 where=f"merge method {method!r} parameter {self.name!r}",
-                default=None if self.required else self.default,
-                fill_default=not self.required,
+                default=REQUIRED if self.required else self.default,
             )
         if value is None and self.optional:
             return None

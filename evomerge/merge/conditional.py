@@ -29,7 +29,7 @@ from typing import Any
 
 from evomerge.merge.base import MergeConfigError, equal_weights
 
-SCALARS = (bool, int, float, str)
+REQUIRED = object()  # ``validate_setting(default=REQUIRED)``: the parameter has no default
 _ENTRY_KEYS = frozenset({"filter", "value"})
 
 
@@ -81,16 +81,21 @@ def validate_setting(
     validate: Callable[[Any], Any],
     *,
     where: str = "parameter",
-    default: Any = None,
-    fill_default: bool = False,
+    default: Any = REQUIRED,
 ) -> Any:
     """``setting`` with every value coerced by ``validate``; scalars are validated as they are.
 
-    With ``fill_default`` a conditional without an unfiltered (or ``"*"``) entry
-    gets ``{value: default}`` appended, which is what mergekit does for a tensor
-    no filter matches (it falls back to the parameter's default).
+    A conditional without an unfiltered (or ``"*"``) entry gets ``{value:
+    default}`` appended, which is what mergekit does for a tensor no filter
+    matches (it falls back to the parameter's default); for a parameter with no
+    default (``REQUIRED``) that is an error here, where mergekit would fail on
+    the first unmatched tensor.
     """
     if not is_conditional(setting):
+        if isinstance(setting, Mapping):
+            raise MergeConfigError(
+                f"{where}: a conditional value has keys 'filter' and 'value', got {sorted(setting)}"
+            )
         if isinstance(setting, (list, tuple)):
             raise MergeConfigError(
                 f"{where}: {list(setting)!r} is a mergekit gradient, which evomerge does not "
@@ -100,7 +105,12 @@ def validate_setting(
     out = []
     for entry in entries(setting, where=where):
         out.append({**entry, "value": validate(entry["value"])})
-    if fill_default and not any(e.get("filter") in (None, "*") for e in out):
+    if not any(e.get("filter") in (None, "*") for e in out):
+        if default is REQUIRED:
+            raise MergeConfigError(
+                f"{where}: the parameter has no default, so its conditional value needs a "
+                "last entry without 'filter'"
+            )
         out.append({"value": default})
     return out
 
