@@ -152,14 +152,20 @@ def test_one_group_and_uniform_groups_equal_todays_combo(
     assert _equal(one, today) and _equal(two, today)
 
 
+@pytest.mark.parametrize(
+    ("combo", "reference"), [("011", "stage1"), ("001", "ancestor"), ("111", "stage1")]
+)
 def test_genome_config_runs_in_mergekit(
-    inputs: InputSet, filters: list[list[str]], tmp_path: Path
+    combo: str, reference: str, inputs: InputSet, filters: list[list[str]], tmp_path: Path
 ) -> None:
+    """The exported genome YAML (ties / dare / slerp with per-group genes) runs in mergekit itself."""
     from transformers import AutoModelForCausalLM
 
     from evomerge.merge.mergekit_bridge import run_with_mergekit
 
-    config = _config(GENOME, inputs, filters)
+    genome = GENOME.model_copy(update={"combo": combo})
+    params = StageParams(reference=reference)  # type: ignore[arg-type]
+    config = genome_config(genome, inputs.names, inputs.base_name, params, filters, seed=5)
     ours = _run(config, inputs)
     run_with_mergekit(config.to_yaml(), tmp_path / "out", intermediate_dir=tmp_path / "stages")
     theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
