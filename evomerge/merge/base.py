@@ -75,7 +75,20 @@ class MethodParameter:
         return self.default is _MISSING
 
     def validate(self, value: Any, *, method: str) -> Any:
-        """Coerce ``value`` to the declared type or raise one clear line."""
+        """Coerce ``value`` to the declared type or raise one clear line.
+
+        A per-tensor (conditional) value is validated entry by entry and returned
+        as a list; see :mod:`evomerge.merge.conditional`.
+        """
+        if isinstance(value, (list, tuple, Mapping)):
+            from evomerge.merge.conditional import REQUIRED, validate_setting
+
+            return validate_setting(
+                value,
+                lambda v: self.validate(v, method=method),
+                where=f"merge method {method!r} parameter {self.name!r}",
+                default=REQUIRED if self.required else self.default,
+            )
         if value is None and self.optional:
             return None
         where = f"merge method {method!r} parameter {self.name!r}"
@@ -288,9 +301,15 @@ class ModelMergeMethod(MergeMethod):
 
 
 def equal_weights(weights: Sequence[float | None] | None, n: int) -> list[float]:
-    """Per-input weights with ``None`` (unset) meaning ``1/n`` each."""
+    """Per-input weights with ``None`` (unset) meaning ``1/n`` each.
+
+    Per-tensor (conditional) weights are returned as given, to be resolved per
+    tensor by :func:`evomerge.merge.conditional.resolve_weights_for`.
+    """
     if weights is None or all(w is None for w in weights):
         return [1.0 / n] * n
     if any(w is None for w in weights):
         raise MergeConfigError("set 'weight' on every input of a stage, or on none")
+    if any(isinstance(w, (list, tuple, Mapping)) for w in weights):
+        return list(weights)  # type: ignore[arg-type]
     return [float(w) for w in weights]  # type: ignore[arg-type]

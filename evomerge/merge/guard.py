@@ -13,6 +13,7 @@ from collections.abc import Mapping, MutableMapping
 import torch
 
 from evomerge.merge.base import equal_weights
+from evomerge.merge.conditional import any_conditional, resolve_weights_for
 from evomerge.merge.config import StageDoc
 from evomerge.merge.inputs import InputSet
 from evomerge.merge.methods.linear import weighted_sum
@@ -92,9 +93,11 @@ def linear_fallback(
     weights = stage.weights() if stage.models else []
     w = equal_weights(weights if len(weights) == len(names) else None, len(names))
     sources = [env[n] for n in names]
+    per_tensor = any_conditional(None, w)
     for key in inputs.keys:
         if sources[0][key].is_floating_point():
-            merged = weighted_sum([compute(s[key]) for s in sources], w)
+            wk = resolve_weights_for(w, key) if per_tensor else w
+            merged = weighted_sum([compute(s[key]) for s in sources], wk)
             put(target, key, merged, final, inputs.models[0][key].dtype)
         else:
             put(target, key, sources[0][key], final)

@@ -24,6 +24,7 @@ from evomerge.merge.base import (
     apply_task_arithmetic,
     equal_weights,
 )
+from evomerge.merge.conditional import any_conditional, for_tensor
 from evomerge.merge.config import StageDoc
 from evomerge.merge.guard import compute, put
 from evomerge.merge.inputs import InputSet
@@ -60,13 +61,15 @@ def run_tensorwise(method: TensorMergeMethod, call: StageCall) -> None:
     inputs = call.inputs
     sources = [call.env[m.model] for m in call.stage.merged_models()]
     weights = equal_weights(call.stage.weights(), len(sources))
+    per_tensor = any_conditional(call.params, weights)  # per-layer-group values (genomes)
     for key in inputs.keys:
         first = sources[0][key]
         if not first.is_floating_point():
             put(call.target, key, first, call.final)
             continue
         xs = [compute(s[key]) for s in sources]
-        merged = method.merge_tensors(xs, weights=weights, name=key, params=call.params)
+        w, p = for_tensor(weights, call.params, key) if per_tensor else (weights, call.params)
+        merged = method.merge_tensors(xs, weights=w, name=key, params=p)
         put(call.target, key, merged, call.final, inputs.models[0][key].dtype)
 
 
@@ -94,6 +97,7 @@ def run_task_arithmetic(method: TaskArithmeticMethod, call: StageCall) -> None:
     sources = [call.env[m.model] for m in stage.merged_models()]
     weights = equal_weights(stage.weights(), len(sources))
     cache = _delta_cache(call)
+    per_tensor = any_conditional(call.params, weights)
     for key in inputs.keys:
         ref = reference[key]
         if not ref.is_floating_point():
@@ -105,13 +109,14 @@ def run_task_arithmetic(method: TaskArithmeticMethod, call: StageCall) -> None:
             deltas = [compute(s[key]) - ref for s in sources]
             if cache is not None:
                 cache[key] = deltas
+        w, p = for_tensor(weights, call.params, key) if per_tensor else (weights, call.params)
         merged = apply_task_arithmetic(
             method,
             ref,
             deltas,
-            weights=weights,
+            weights=w,
             name=key,
-            params=call.params,
+            params=p,
             anchor=compute(anchor[key]) if anchor is not None else None,
         )
         put(call.target, key, merged, call.final, inputs.models[0][key].dtype)

@@ -1,0 +1,211 @@
+"""A candidate as a genome: combo bits plus per-layer-group genes, rebuilt into a mergekit config.
+
+A :class:`Genome` is plain data (JSON in lineage and checkpoints). Its genes
+are named ``"stage{n}.{parameter}"`` for a stage's shared parameter
+(``"stage2.lambda"``, ``"stage2.density"``) and ``"stage{n}.weight.{i}"`` for
+input ``i``'s weight; each gene holds one float per layer group. The merge it
+stands for is the combo's generated config (:func:`evomerge.merge.combos.combo_config`)
+with those parameters overwritten by per-tensor conditional values
+(:mod:`evomerge.merge.conditional`), so the engine and mergekit both run it.
+
+Layer groups split the decoder layers ``.layers.{i}.`` into ``k`` contiguous
+runs. Tensors outside the layers (embeddings, final norm, head) take group 0's
+value: group 0 is written as the conditional's unfiltered default entry, groups
+``1..k-1`` as one filtered entry per layer. ``k = 1`` writes plain scalars,
+i.e. today's global parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evomerge.merge.base import MergeConfigError
+from evomerge.merge.combos import StageParams, combo_config, parse_label
+from evomerge.merge.config import ComboConfig, ModelEntry
+from evomerge.merge.registry import MethodRegistry, get_registry
+
+_GENE = re.compile(r"^stage([123])\.([A-Za-z_][A-Za-z0-9_]*)(?:\.(\d+))?$")
+_LAYER = re.compile(r"^(.*?\blayers\.)(\d+)\.")
+
+
+class GenomeError(ValueError):
+    """A genome, gene name or layer-group count is wrong (one line naming the field)."""
+
+
+class Mutation(BaseModel):
+    """The seed's weight-noise operator as a gene: carried here, applied by the caller."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    seed: int
+    sigma: float = Field(ge=0.0)
+
+
+class Genome(BaseModel):
+    """Combo bits, layer-group count, genes (one float per group) and an optional mutation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    combo: str
+    layer_groups: int = Field(ge=1)
+    genes: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    mutation: Mutation | None = None
+
+    @field_validator("combo")
+    @classmethod
+    def _label(cls, combo: str) -> str:
+        parse_label(combo)
+        return combo
+
+    @field_validator("genes")
+    @classmethod
+    def _names(cls, genes: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for name in genes:
+            parse_gene(name)
+        return dict(sorted(genes.items()))
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Genome:
+        for name, values in self.genes.items():
+            if len(values) != self.layer_groups:
+                raise ValueError(
+                    f"gene {name!r} has {len(values)} values for {self.layer_groups} layer groups"
+                )
+        return self
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, exact float reprs): equal genomes give equal text."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> Genome:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        return cls.model_validate(data)
+
+
+def parse_gene(name: str) -> tuple[int, str, int | None]:
+    """``"stage2.weight.1"`` -> ``(2, "weight", 1)``; ``"stage2.lambda"`` -> ``(2, "lambda", None)``."""
+    match = _GENE.match(name)
+    if match is None:
+        raise GenomeError(
+            f"gene {name!r}: expected 'stage<1-3>.<parameter>' or 'stage<1-3>.weight.<input>'"
+        )
+    stage, param, index = match.groups()
+    if (param == "weight") != (index is not None):
+        raise GenomeError(f"gene {name!r}: only 'weight' genes take an input index")
+    return int(stage), param, int(index) if index is not None else None
+
+
+def layer_group_filters(tensor_names: Iterable[str], k: int, num_layers: int) -> list[list[str]]:
+    """``k`` lists of substring filters, group ``g`` covering a contiguous run of layer indices.
+
+    Layer ``i`` goes to group ``i * k // num_layers`` (sizes differ by at most
+    one). A filter is the tensor-name prefix up to and including ``layers.{i}.``
+    (``"model.layers.3."``), so ``layers.1.`` never matches ``layers.11.``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GenomeError(f"layer_groups must be a positive integer, got {k!r}")
+    if k > num_layers:
+        raise GenomeError(f"layer_groups {k} is larger than the model's {num_layers} layers")
+    prefixes: dict[int, set[str]] = {}
+    for name in tensor_names:
+        match = _LAYER.match(name)
+        if match is not None:
+            prefixes.setdefault(int(match.group(2)), set()).add(match.group(1))
+    if sorted(prefixes) != list(range(num_layers)):
+        raise GenomeError(
+            f"the tensor names have layers {sorted(prefixes)}, not 0..{num_layers - 1}"
+        )
+    groups: list[list[str]] = [[] for _ in range(k)]
+    for i in range(num_layers):
+        groups[i * k // num_layers].extend(f"{p}{i}." for p in sorted(prefixes[i]))
+    return groups
+
+
+def conditional_value(values: Sequence[float], filters: Sequence[Sequence[str]]) -> Any:
+    """One gene as a parameter value: a scalar for one group, else a mergekit conditional list."""
+    if len(values) != len(filters):
+        raise GenomeError(f"{len(values)} gene values for {len(filters)} layer groups")
+    if len(values) == 1:
+        return float(values[0])
+    entries: list[dict[str, Any]] = [
+        {"filter": f, "value": float(values[g])} for g in range(1, len(values)) for f in filters[g]
+    ]
+    return [*entries, {"value": float(values[0])}]
+
+
+def _stage_parameter_names(stage: int, params: StageParams, registry: MethodRegistry) -> set[str]:
+    """Every parameter any method of the stage's table row takes (valid gene names)."""
+    names: set[str] = set()
+    for method_name in params.table[stage - 1]:
+        names |= {p.name for p in registry.get(method_name).parameters()}
+    return names
+
+
+def genome_config(
+    genome: Genome,
+    model_names: Sequence[str],
+    base_name: str | None,
+    stage_params: StageParams | None,
+    filters: Sequence[Sequence[str]],
+    *,
+    seed: int = 0,
+    registry: MethodRegistry | None = None,
+) -> ComboConfig:
+    """The combo config of ``genome``: ``combo_config`` with the genes written as conditionals.
+
+    A gene the combo's own method does not take (``stage1.…`` of a method the
+    combo bits did not pick) is inert; a gene no method of that stage takes,
+    or a weight index past the inputs, is an error.
+    """
+    registry = registry or get_registry()
+    stage_params = stage_params or StageParams()
+    if len(filters) != genome.layer_groups:
+        raise GenomeError(
+            f"{len(filters)} layer-group filters for a genome with {genome.layer_groups} groups"
+        )
+    config = combo_config(
+        genome.combo, model_names, base_name, stage_params, seed=seed, registry=registry
+    )
+    for name, values in genome.genes.items():
+        stage_no, param, index = parse_gene(name)
+        if param not in _stage_parameter_names(stage_no, stage_params, registry):
+            raise GenomeError(f"gene {name!r}: no stage-{stage_no} method takes {param!r}")
+        stage = config.stages[stage_no - 1]
+        method = registry.resolve(stage.merge_method).method
+        if param not in {p.name for p in method.parameters()}:
+            continue
+        value = conditional_value(values, filters)
+        if index is None:
+            stage.parameters = {**stage.parameters, param: value}
+            continue
+        merged = stage.merged_models()
+        if index >= len(merged):
+            raise GenomeError(f"gene {name!r}: stage {stage_no} has {len(merged)} inputs")
+        target = merged[index]
+        stage.models = [
+            ModelEntry(model=m.model, parameters={**(m.parameters or {}), param: value})
+            if m is target
+            else m
+            for m in stage.models or []
+        ]
+    try:
+        config.validate_methods(registry, source="genome")
+    except MergeConfigError as exc:
+        raise GenomeError(str(exc)) from None
+    return config
+
+
+def uniform_genome(
+    combo: str, layer_groups: int, genes: Mapping[str, float], mutation: Mutation | None = None
+) -> Genome:
+    """A genome whose every gene has the same value in every group (``k`` copies of today's scalars)."""
+    return Genome(
+        combo=combo,
+        layer_groups=layer_groups,
+        genes={n: (float(v),) * layer_groups for n, v in genes.items()},
+        mutation=mutation,
+    )
