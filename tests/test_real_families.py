@@ -193,3 +193,78 @@ def test_layer_slices_from_different_models_match_mergekit(
         if key == "lm_head.weight" and not family.tied:
             want = third
         torch.testing.assert_close(value, want[key], atol=0, rtol=0, msg=key)
+
+
+# ------------------------------------------------------------------ recipe run (issue 11 / 13)
+def _recipe_file(family: RealFamily, tmp: Path, architecture: str | None) -> Path:
+    """The smallest real run: 1 generation, 4 items per task, no W&B, CPU."""
+    import yaml
+
+    inputs: dict[str, Any] = {"models": list(family.models), "base_model": family.base}
+    if architecture is not None:
+        inputs["architecture"] = architecture
+    data = {
+        "name": f"{family.name}-finetunes",
+        "inputs": inputs,
+        "evolution": {"generations": 1, "seed": 0},
+        "fitness": {
+            "max_items": 4,
+            "report_max_items": 4,
+            "time_repeats": 1,
+            "time_seq_len": 32,
+            "calibration_sequences": 2,
+            "calibration_seq_len": 32,
+        },
+        "tracking": {"wandb_mode": "disabled"},
+        "device": {"device": "cpu"},
+        "output": str(tmp / "out"),
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", None], ids=["architecture-llama", "default"])
+def llama_run(request, real_family, data_cache_dir: Path, tmp_path_factory) -> tuple[RealFamily, Path, Any]:  # type: ignore[no-untyped-def]
+    """``evomerge recipe run`` on three llama fine-tunes, naming ``inputs.architecture: llama``
+    or leaving it to default to the inputs' own model_type."""
+    import os
+
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    family = real_family("llama")
+    tmp = tmp_path_factory.mktemp(f"llama-run-{request.param or 'default'}")
+    recipe = _recipe_file(family, tmp, request.param)
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    return family, tmp / "out", result
+
+
+@pytest.mark.slow  # two evolution runs (gen 0 + 1 generation each)
+def test_recipe_run_on_llama_finetunes_gives_a_loadable_champion(llama_run) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11, last "Must hold": exit 0 or 1 and a champion AutoModelForCausalLM loads."""
+    _family, out, result = llama_run
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((out / "result.json").read_text())
+    assert result.exit_code == (0 if report["passed"] else 1)
+    model = _load(out / "champion")
+    assert model.config.model_type == "llama"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 7)
+
+
+@pytest.mark.slow
+def test_recipe_run_champion_keeps_config_tokenizer_and_generation_config(llama_run) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 item 1: GQA, rope scaling, the tokenizer and generation config go with the champion."""
+    family, out, result = llama_run
+    assert result.exit_code in (0, 1), result.output
+    source, champion = Path(family.models[0]), out / "champion"
+    assert _json(champion / "config.json") == _json(source / "config.json")
+    assert (champion / "generation_config.json").is_file()
+    assert _json(champion / "generation_config.json") == _json(source / "generation_config.json")
+    from transformers import AutoTokenizer
+
+    ours, theirs = AutoTokenizer.from_pretrained(champion), AutoTokenizer.from_pretrained(source)
+    text = "Ship's log, day 3: the wind is <|endoftext|> calm."
+    assert ours(text)["input_ids"] == theirs(text)["input_ids"]
