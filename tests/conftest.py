@@ -235,3 +235,39 @@ def _plugins_loaded() -> None:
     import evomerge
 
     evomerge.load_plugins()
+
+
+# --------------------------------------------------------------------------- real families
+@pytest.fixture(scope="session")
+def real_family(data_layout, data_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``real_family(name)`` -> ``tests/real_families.RealFamily``: base + three domain fine-tunes
+    of the real transformers class ``name`` (llama, mistral, qwen2, qwen3, gemma2, phi3) at toy
+    size, with the demo tokenizer; built once per session (a few seconds each), no download."""
+    import real_families
+
+    from evomerge.data.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(2048, cache_dir=data_cache_dir)
+    texts = {d: data_layout.paragraphs(d, "train") for d in real_families.DOMAINS}
+    root = tmp_path_factory.mktemp("real-families")
+    built: dict[str, real_families.RealFamily] = {}
+
+    def get(name: str) -> real_families.RealFamily:
+        if name not in built:
+            built[name] = real_families.build_family(name, root / name, tokenizer, texts)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calibration_text(data_layout, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fitness-split demo text (all domains) in one file: `combos export --calibration`'s input."""
+    path = tmp_path_factory.mktemp("calibration") / "fitness.txt"
+    paragraphs = [
+        p
+        for d in ("narrative", "technical", "dialogue")
+        for p in data_layout.paragraphs(d, "fitness")[:20]
+    ]
+    path.write_text("\n\n".join(paragraphs), encoding="utf-8")
+    return path

@@ -150,9 +150,13 @@ def replay_slices(ctx: ModelMergeContext) -> None:
             f"passthrough slices give {out_layer} layers, the model has {len(groups)}"
         )
     pre, post = by_name[ctx.slices[0][0]], by_name[ctx.slices[-1][0]]
+    written: set[int] = set()
     for pos, key in enumerate(keys):
         if layer_of(key) is None:
+            if ctx.out.get(key) is not None and ctx.out[key].data_ptr() in written:
+                continue  # a tied alias (lm_head = embed_tokens): the first name wins, as in mergekit
             _assign(ctx.out, key, (pre if pos < first_layer_pos else post)[key])
+            written.add(ctx.out[key].data_ptr())
 
 
 def _renumber(key: str, layer: int) -> str:
