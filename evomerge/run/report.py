@@ -85,13 +85,22 @@ def held_out_scorer(
     return HeldOut(harness, fitness, shared, scores)
 
 
-def save_champion(out: Path, champion: PreTrainedModel, tokenizer: Any) -> Path:
-    """``OUT/champion`` (model + tokenizer), replaced atomically."""
+def save_champion(
+    out: Path, champion: PreTrainedModel, tokenizer: Any, source: Path | None = None
+) -> Path:
+    """``OUT/champion`` (model + tokenizer), replaced atomically.
+
+    ``source`` (the first input's dir): its ``generation_config.json`` goes with the
+    champion, so the champion generates as the inputs did (save_pretrained would
+    write transformers' defaults derived from the model config instead).
+    """
     champion_dir = out / "champion"
     tmp = out / ".tmp-champion"
     shutil.rmtree(tmp, ignore_errors=True)
     champion.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if source is not None and (source / "generation_config.json").is_file():
+        shutil.copyfile(source / "generation_config.json", tmp / "generation_config.json")
     shutil.rmtree(champion_dir, ignore_errors=True)
     os.replace(tmp, champion_dir)
     return champion_dir
@@ -250,7 +259,7 @@ def write_report(
     """Save the champion, score it and the baselines on the test split, write ``result.json``."""
     champion = prep.pool.acquire()
     load_weights_(champion, loop.finish())  # the population is done: its slots are free
-    champion_dir = save_champion(ctx.out, champion, prep.tokenizer)
+    champion_dir = save_champion(ctx.out, champion, prep.tokenizer, prep.paths[0])
     held = held_out_scorer(
         ctx.recipe, ref.task_dir, prep.tokenizer, prep.device, prep.model_config, prep.inputs
     )
