@@ -3,8 +3,8 @@
 The plugin is a real installed distribution as far as evomerge can tell: a
 module plus a ``.dist-info`` whose entry point is in the ``evomerge`` group
 (what pip writes), on ``PYTHONPATH`` of a fresh ``python -m evomerge``
-process. It is written the class way (``TensorMergeMethod`` subclass and an
-``evomerge_register_merge_methods`` hookimpl).
+process. It is written the decorator way (``@evomerge.merge_method`` on a
+plain function, as docs/plugins.md shows): no hookimpl, no class.
 """
 
 from __future__ import annotations
@@ -27,27 +27,15 @@ import os
 
 import torch
 
-from evomerge import hookimpl
-from evomerge.merge import TensorMergeMethod
+import evomerge
 
 
-class Median(TensorMergeMethod):
+@evomerge.merge_method("median", stage="any")
+def median(tensors: list[torch.Tensor], *, name: str) -> torch.Tensor:
     """Element-wise median of the inputs (weights are ignored)."""
-
-    stage = "any"
-
-    def name(self):
-        return "median"
-
-    def merge_tensors(self, tensors, *, weights, name, params):
-        with open(os.environ["MEDIAN_MARKER"], "a") as fh:  # proof that the kernel ran
-            fh.write(name + "\\n")
-        return torch.stack(list(tensors)).median(dim=0).values
-
-
-@hookimpl
-def evomerge_register_merge_methods():
-    return [Median()]
+    with open(os.environ["MEDIAN_MARKER"], "a") as fh:  # proof that the kernel ran
+        fh.write(name + "\\n")
+    return torch.stack(list(tensors)).median(dim=0).values
 '''
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from evomerge.evolution.recipe import Recipe
+#: A schema-valid ``evomerge.evolution.recipe.Recipe`` (not imported: recipe.py calls
+#: this module, and the checks only read its fields).
+Recipe = Any
 
 #: A problem: where in the recipe (pydantic-style location) and what is wrong there.
 Problem = tuple[tuple[Any, ...], str]

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from evomerge.merge.conditional import REQUIRED, validate_setting
+from evomerge.merge.conditional import MergeConfigError as MergeConfigError  # re-export
+from evomerge.merge.conditional import equal_weights as equal_weights  # re-export
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 Stage = Literal["interpolation", "task_arithmetic", "selection", "any"]
 STAGES: tuple[str, ...] = ("interpolation", "task_arithmetic", "selection", "any")
-
-
-class MergeConfigError(ValueError):
-    """A merge config or parameter is wrong; the message names the method, field and value."""
 
 
 _MISSING = object()
@@ -81,8 +81,6 @@ class MethodParameter:
         as a list; see :mod:`evomerge.merge.conditional`.
         """
         if isinstance(value, (list, tuple, Mapping)):
-            from evomerge.merge.conditional import REQUIRED, validate_setting
-
             return validate_setting(
                 value,
                 lambda v: self.validate(v, method=method),
@@ -298,18 +296,3 @@ class ModelMergeMethod(MergeMethod):
     @abstractmethod
     def merge_model(self, ctx: ModelMergeContext) -> ModelMergeInfo:
         """Fill ``ctx.out`` from ``ctx.sources``; return the concrete choice for the generated config."""
-
-
-def equal_weights(weights: Sequence[float | None] | None, n: int) -> list[float]:
-    """Per-input weights with ``None`` (unset) meaning ``1/n`` each.
-
-    Per-tensor (conditional) weights are returned as given, to be resolved per
-    tensor by :func:`evomerge.merge.conditional.resolve_weights_for`.
-    """
-    if weights is None or all(w is None for w in weights):
-        return [1.0 / n] * n
-    if any(w is None for w in weights):
-        raise MergeConfigError("set 'weight' on every input of a stage, or on none")
-    if any(isinstance(w, (list, tuple, Mapping)) for w in weights):
-        return list(weights)  # type: ignore[arg-type]
-    return [float(w) for w in weights]  # type: ignore[arg-type]

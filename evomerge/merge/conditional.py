@@ -27,7 +27,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from evomerge.merge.base import MergeConfigError, equal_weights
+
+class MergeConfigError(ValueError):
+    """A merge config or parameter is wrong; the message names the method, field and value."""
+
+
+def equal_weights(weights: Sequence[float | None] | None, n: int) -> list[float]:
+    """Per-input weights with ``None`` (unset) meaning ``1/n`` each.
+
+    Per-tensor (conditional) weights are returned as given, to be resolved per
+    tensor by :func:`evomerge.merge.conditional.resolve_weights_for`.
+    """
+    if weights is None or all(w is None for w in weights):
+        return [1.0 / n] * n
+    if any(w is None for w in weights):
+        raise MergeConfigError("set 'weight' on every input of a stage, or on none")
+    if any(isinstance(w, (list, tuple, Mapping)) for w in weights):
+        return list(weights)  # type: ignore[arg-type]
+    return [float(w) for w in weights]  # type: ignore[arg-type]
+
 
 REQUIRED = object()  # ``validate_setting(default=REQUIRED)``: the parameter has no default
 _ENTRY_KEYS = frozenset({"filter", "value"})
