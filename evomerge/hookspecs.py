@@ -61,3 +61,19 @@ def evomerge_register_merge_methods() -> list[Any]:
 @hookspec
 def evomerge_register_fitness_terms() -> list[Any]:
     """Return fitness terms (``evomerge.fitness.FitnessTerm``) that ``FitnessConfig.weights`` can name."""
+
+
+# --------------------------------------------------------------------------
+# Search strategies
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def evomerge_register_strategies() -> list[Any]:
+    """Return search-strategy classes that ``evolution.strategy`` can name.
+
+    A class has ``name``, ``kind = "genomes"``, an ``Options`` pydantic model
+    (``evolution.strategy_options``, unknown keys are errors) and the
+    ``propose`` / ``observe`` / ``final_candidates`` / ``state_dict`` methods of
+    ``evomerge.search.Strategy``; the run merges and scores what it proposes.
+    """

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "evomerge"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "evomerge.merge.methods",
     "evomerge.fitness.builtin_terms",
+    "evomerge.search.strategy",
 )
 
 

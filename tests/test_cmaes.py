@@ -145,7 +145,9 @@ def test_bad_input_is_one_line() -> None:
     ]:
         with pytest.raises(StrategyError, match=message):
             build_strategy("cmaes", options, context)
-    with pytest.raises(StrategyError, match="^strategy: unknown strategy 'cmaess'; known: cmaes$"):
+    with pytest.raises(
+        StrategyError, match="^strategy: unknown strategy 'cmaess'; known: cmaes, seed$"
+    ):
         build_strategy("cmaess", {}, context)
 
 

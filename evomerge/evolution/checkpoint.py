@@ -98,6 +98,14 @@ class Checkpoint:
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
 
+    def save_state(self, state: dict[str, Any]) -> None:
+        """A weightless checkpoint (genome strategies: models are rebuilt from the inputs)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {**state, "format": FORMAT, "files": {}, "sha256": {}}
+        atomic_write_bytes(self.dir / STATE, json.dumps(state, indent=1).encode())
+        for stale in self.dir.glob("*.safetensors"):
+            stale.unlink(missing_ok=True)
+
     def load_state(self, recipe_hash: str) -> dict[str, Any]:
         path = self.dir / STATE
         try:

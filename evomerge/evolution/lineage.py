@@ -1,8 +1,9 @@
 """Lineage: how every candidate was made, so the champion can be rebuilt from it alone.
 
 A node is one operation: a combo merge of three parents (generation 0's parents
-are the inputs), a mutation of one parent, or a re-seed (a combo of the
-inputs). Nodes form a DAG with at most eight nodes per generation; ``ancestry``
+are the inputs), a mutation of one parent, a re-seed (a combo of the
+inputs), or a genome (its resolved config over the inputs, and their ancestor
+``input:base`` when it searches against it). Nodes form a DAG with at most eight nodes per generation; ``ancestry``
 collects the part of it that a champion needs.
 """
 
@@ -13,7 +14,9 @@ from typing import Any, Literal
 
 INPUT_IDS = ("input:1", "input:2", "input:3")
 
-NodeKind = Literal["combo", "mutation"]
+NodeKind = Literal["combo", "mutation", "genome"]
+#: the inputs' common ancestor, a parent of genomes searched against it
+BASE_ID = "input:base"
 
 
 @dataclass
@@ -57,7 +60,7 @@ class LineageBook:
         stack = [node_id]
         while stack:
             current = stack.pop()
-            if current in seen or current in INPUT_IDS:
+            if current in seen or current in INPUT_IDS or current == BASE_ID:
                 continue
             node = self.nodes[current]
             seen[current] = node

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from evomerge.evolution.lineage import INPUT_IDS, LineageNode
+from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
 from evomerge.evolution.operators import apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
 from evomerge.merge.engine import MergeEngine
@@ -40,11 +40,17 @@ def replay_node(
     from evomerge.merge.config import ComboConfig
     from evomerge.merge.inputs import InputSet
 
-    if node.kind == "combo":
+    if node.kind in ("combo", "genome"):
         config = ComboConfig.from_yaml(
             node.merge_record["config_yaml"], source=f"lineage node {node.id}"
         )
-        group = InputSet([weights(p) for p in parents], cache=False)
+        has_base = bool(node.parents) and node.parents[-1] == BASE_ID
+        models = parents[:-1] if has_base else parents
+        group = InputSet(
+            [weights(p) for p in models],
+            base=weights(parents[-1]) if has_base else None,
+            cache=False,
+        )
         engine.run_config(config, group, out=weights(out), scratch_model=out, label=node.combo)
     else:
         assert node.mutation is not None
@@ -75,6 +81,13 @@ def rebuild_champion(
         for p in result["inputs"]["models"]
     ]
     built: dict[str, PreTrainedModel] = dict(zip(INPUT_IDS, inputs, strict=True))
+    base = result["inputs"].get("base_model")
+    if any(BASE_ID in n.parents for n in nodes):
+        if not base:
+            raise ValueError(f"{result_path}: the champion needs the inputs' base model")
+        built[BASE_ID] = (
+            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+        )
     pending = Counter(p for n in nodes for p in n.parents)  # children still to build, per parent
     engine = MergeEngine()
     template = inputs[0]
@@ -83,7 +96,7 @@ def rebuild_champion(
         built[node.id] = replay_node(engine, node, [built[p] for p in node.parents], inputs, out)
         for parent in node.parents:
             pending[parent] -= 1
-            if pending[parent] == 0 and parent not in INPUT_IDS:
+            if pending[parent] == 0 and parent not in (*INPUT_IDS, BASE_ID):
                 del built[parent]  # free intermediates as soon as no child needs them
     champion = built[nodes[-1].id]
     return champion, _compare_with_saved(champion, Path(result["model"]), dev, len(nodes))

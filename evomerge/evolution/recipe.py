@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -100,8 +101,58 @@ class EarlyStopConfig(_Strict):
     patience: int = Field(5, ge=1, description="Generations without progress before stopping.")
 
 
+class SelectionConfig(_Strict):
+    """Honest selection for genome strategies (docs/search.md "Honest selection").
+
+    The fitness split is split again: a validation sample no candidate is
+    selected on, and a pool the per-generation selection minibatches come from.
+    The top candidates are re-scored on the validation sample before one is
+    crowned; the test split stays for the final report.
+    """
+
+    minibatch: Literal["fresh", "fixed"] = Field(
+        "fresh",
+        description=(
+            "fresh: a new sample of `fitness.max_items` documents per task each generation; "
+            "fixed: the run's one fitness sample (the first `max_items` documents)."
+        ),
+    )
+    validation_items: int = Field(
+        48,
+        ge=1,
+        description="Documents per task of the validation sample (from the fitness split).",
+    )
+    top_k: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Re-scored on the validation sample: the best genome of each of the last "
+            "`top_k` generations (plus the strategy's own final candidates and the best "
+            "generation-0 combo)."
+        ),
+    )
+
+
 class EvolutionConfig(_Strict):
-    """The generation loop: population scheme, mutation, re-seeding, early stop, seed."""
+    """The generation loop: strategy, population scheme, mutation, re-seeding, early stop, seed."""
+
+    strategy: str = Field(
+        "seed",
+        description=(
+            "Search strategy: seed (the user's loop: elites, mutation, loser merging) or "
+            "cmaes (CMA-ES over per-layer-group genes), or a plugin's."
+        ),
+    )
+    strategy_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The strategy's own options (cmaes: popsize, sigma0, combo, genes, fixed, anchor).",
+    )
+    layer_groups: int = Field(
+        1,
+        ge=1,
+        description="Genome strategies: contiguous groups of decoder layers with their own genes.",
+    )
+    selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
 
     generations: int = Field(50, ge=0, description="Generations after generation 0.")
     population: Literal[8] = Field(
@@ -170,6 +221,25 @@ class Recipe(_Strict):
     output: Path = Field(
         Path("runs/evomerge"), description="Output dir (champion/, result.json, plots)."
     )
+    #: the file and YAML tree it was loaded from, so later checks can name FILE:LINE
+    _source: tuple[Path, Any] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings are equal recipes, wherever they were loaded from."""
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def where(self, loc: tuple[Any, ...]) -> str:
+        """``FILE:LINE`` of field ``loc`` in the file this recipe came from (or the field alone)."""
+        field = ".".join(str(p) for p in loc)
+        if self._source is None:
+            return f"recipe field {field}"
+        path, root = self._source
+        line = _line_of(root, loc)
+        return f"{path}:{line}: {field}" if line else f"{path}: {field}"
 
     @field_validator("combos")
     @classmethod
@@ -252,6 +322,7 @@ def load_recipe(path: Path) -> Recipe:
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise RecipeError(f"{where}: {field}: {err['msg']}{more}") from None
     recipe = recipe.resolved(path.parent.resolve())
+    recipe._source = (path, root)
     _check_names(path, root, data, recipe)
     return recipe
 

@@ -30,6 +30,7 @@ def recipe_problems(recipe: Recipe) -> Iterator[Problem]:
     yield from _fitness_term_problems(recipe)
     yield from _domain_problems(recipe)
     yield from _task_problems(recipe)
+    yield from _strategy_problems(recipe)
 
 
 def _combo_problems(recipe: Recipe) -> Iterator[Problem]:
@@ -174,3 +175,31 @@ def task_names_in(folder: Path) -> set[str]:
             values = value if isinstance(value, list) else [value]
             names.update(v for v in values if isinstance(v, str))
     return names
+
+
+def _strategy_problems(recipe: Recipe) -> Iterator[Problem]:
+    """``evolution.strategy`` is registered and its ``strategy_options`` build it."""
+    from pydantic import ValidationError
+
+    from evomerge.search.strategy import SearchContext, StrategyError, build_strategy, find_strategy
+
+    evo = recipe.evolution
+    try:
+        cls = find_strategy(evo.strategy)
+    except StrategyError as exc:
+        yield ("evolution", "strategy"), str(exc).removeprefix("strategy: ")
+        return
+    try:
+        cls.Options.model_validate(evo.strategy_options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        yield ("evolution", "strategy_options", *first["loc"]), first["msg"]
+        return
+    has_base = recipe.inputs.phase1 is not None or recipe.inputs.base_model is not None
+    context = SearchContext(
+        num_inputs=3, layer_groups=evo.layer_groups, seed=evo.seed, has_base=has_base
+    )
+    try:
+        build_strategy(evo.strategy, evo.strategy_options, context)
+    except StrategyError as exc:
+        yield ("evolution", "strategy_options"), str(exc)

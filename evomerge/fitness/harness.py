@@ -17,7 +17,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,13 @@ class FitnessHarness:
         config: FitnessConfig | None = None,
         model_config: Any = None,
         max_length: int | None = None,
+        samples: Mapping[str, Sequence[int]] | None = None,
     ) -> FitnessHarness:
         """Load ``suite``'s tasks and pre-tokenise everything once.
+
+        ``samples`` (task name -> document indices, lm-eval's own ``samples``
+        of ``simple_evaluate``) scores chosen documents instead of the first
+        ``config.max_items``: the search's minibatches and validation sample.
 
         ``max_length`` (else ``config.max_length``, else lm-eval's rule on
         ``model_config`` and the tokenizer) sets rolling windows and truncation
@@ -125,7 +130,10 @@ class FitnessHarness:
             # lm-eval draws a tqdm bar here that no argument turns off, once per task and
             # harness build (several per run); its log records go through logging, not this
             with contextlib.redirect_stderr(io.StringIO()):
-                task.build_all_requests(limit=config.max_items, rank=0, world_size=1)
+                if samples is not None:
+                    task.build_all_requests(samples=list(samples[name]), rank=0, world_size=1)
+                else:
+                    task.build_all_requests(limit=config.max_items, rank=0, world_size=1)
             spans: list[list[int]] = []
             docs: dict[int, Any] = {}
             for inst in task.instances:

@@ -56,21 +56,22 @@ def make_merge(engine: Any) -> MergeFn:
     return merge
 
 
-def make_score_many(
-    ctx: RunContext, ref: Reference
-) -> Callable[[list[PreTrainedModel]], list[Any]]:
-    """Each process scores every n-th candidate; the results are gathered to all."""
+def make_score_many(ctx: RunContext, ref: Reference) -> Callable[..., list[Any]]:
+    """Each process scores every n-th candidate; the results are gathered to all.
+
+    ``harness``: the sample to score on (default: the run's fitness sample).
+    """
     dist = ctx.dist
 
-    def score_many(models: list[PreTrainedModel]) -> list[Any]:
+    def score_many(models: list[PreTrainedModel], harness: Any = None) -> list[Any]:
         if dist.num_processes == 1:
-            return [ref.score(m) for m in models]
+            return [ref.score(m, harness) for m in models]
         from accelerate.utils import gather_object
 
         from evomerge.fitness import FitnessScore
 
         mine = {
-            i: ref.score(m).to_dict()
+            i: ref.score(m, harness).to_dict()
             for i, m in enumerate(models)
             if i % dist.num_processes == dist.process_index
         }
@@ -143,9 +144,41 @@ def evolve(
     engine: Any,
     on_record: Callable[[dict[str, Any]], None],
     display: GenerationDisplay,
+) -> Any:
+    """Generation 0 (or the checkpoint's state on resume), then the strategy to the end.
+
+    ``evolution.strategy`` picks the loop: the seed's weight loop
+    (:class:`~evomerge.evolution.loop.EvolutionLoop`) for a strategy of kind
+    ``weights``, else the genome loop (:class:`~evomerge.run.search.GenomeLoop`).
+    """
+    from evomerge.search.strategy import find_strategy
+
+    loop: Any
+    if find_strategy(ctx.recipe.evolution.strategy).kind == "weights":
+        loop = seed_loop(ctx, prep, ref, engine, on_record)
+    else:
+        from evomerge.run.search import GenomeLoop
+
+        loop = GenomeLoop(ctx, prep, ref, engine, on_record, make_score_many(ctx, ref))
+    if ctx.resume:
+        loop.resume()
+        display.resumed(loop.state.generation)
+        ctx.log(f"resumed after generation {loop.state.generation}")
+    else:
+        loop.start()
+    loop.run()
+    return loop
+
+
+def seed_loop(
+    ctx: RunContext,
+    prep: PreparedInputs,
+    ref: Reference,
+    engine: Any,
+    on_record: Callable[[dict[str, Any]], None],
 ) -> EvolutionLoop:
-    """Generation 0 (or the checkpoint's state on resume), then the loop to the end."""
-    loop = EvolutionLoop(
+    """The user's loop: elites, mutated children, loser merging, re-seeding."""
+    return EvolutionLoop(
         inputs=prep.inputs,
         pool=prep.pool,
         merge=make_merge(engine),
@@ -158,11 +191,3 @@ def evolve(
         score_many=make_score_many(ctx, ref),
         is_main_process=ctx.is_main,
     )
-    if ctx.resume:
-        loop.resume()
-        display.resumed(loop.state.generation)
-        ctx.log(f"resumed after generation {loop.state.generation}")
-    else:
-        loop.start()
-    loop.run()
-    return loop

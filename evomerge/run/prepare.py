@@ -32,6 +32,13 @@ class PreparedInputs:
     pool: ModelPool
     inputs: list[PreTrainedModel]
     tokenizer: Any
+    base_path: Path | None = None  # the inputs' common ancestor, when known
+
+    def load_base(self) -> PreTrainedModel | None:
+        """The ancestor's weights in a pool slot (genome strategies search against it)."""
+        if self.base_path is None:
+            return None
+        return load_inputs([self.base_path], self.pool)[0]
 
 
 def resolve_inputs(
@@ -80,6 +87,17 @@ def load_inputs(paths: Sequence[Path], pool: ModelPool) -> list[PreTrainedModel]
     return models
 
 
+def check_layer_groups(recipe: Recipe, config: Any) -> None:
+    """``evolution.layer_groups`` fits the inputs' decoder layers (before anything is written)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    groups = recipe.evolution.layer_groups
+    if isinstance(layers, int) and groups > layers:
+        raise RecipeError(
+            f"{recipe.where(('evolution', 'layer_groups'))}: {groups} layer groups but the "
+            f"inputs have {layers} decoder layers"
+        )
+
+
 def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     """Validate the inputs, claim the output dir, and load the inputs into the model pool."""
     from transformers import AutoTokenizer
@@ -101,12 +119,13 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     )
     for warning in validated.warnings:
         ctx.log(f"warning: {warning}")
+    arch = get_architecture(validated.architecture)
+    config = arch.config_class.from_pretrained(paths[0])
+    check_layer_groups(recipe, config)
     if ctx.is_main:
         prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
     ctx.dist.wait_for_everyone()
     device = resolve_device(recipe.device.device)
-    arch = get_architecture(validated.architecture)
-    config = arch.config_class.from_pretrained(paths[0])
 
     def factory() -> PreTrainedModel:
         model = arch.model_class(config)
@@ -115,4 +134,13 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     pool = ModelPool(factory, capacity=RESIDENT_LIMIT)
     inputs = load_inputs(paths, pool)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
-    return PreparedInputs([Path(p) for p in paths], layout, device, config, pool, inputs, tokenizer)
+    return PreparedInputs(
+        [Path(p) for p in paths],
+        layout,
+        device,
+        config,
+        pool,
+        inputs,
+        tokenizer,
+        Path(base) if base is not None else None,
+    )

@@ -65,23 +65,39 @@ class Reference:
         """The inputs' mean fitness: the baseline every improvement is measured from."""
         return sum(s.total for s in self.input_scores) / len(self.input_scores)
 
-    def score(self, model: PreTrainedModel) -> Any:
-        """One candidate's fitness (no cost timing: it shares the inputs' cost)."""
-        measured = self.harness.measure(model, cost=False)
+    def score(self, model: PreTrainedModel, harness: Any = None) -> Any:
+        """One candidate's fitness (no cost timing: it shares the inputs' cost).
+
+        ``harness``: another sample of the fitness split (a search minibatch or the
+        validation sample), normalised by the same input reference.
+        """
+        measured = (harness or self.harness).measure(model, cost=False)
         return self.composite.score(apply_shared_cost(measured, self.shared_cost))
+
+
+def fitness_suite(recipe: Recipe, task_dir: Path) -> Any:
+    """The fitness split's task suite (the recipe's tasks and task dirs)."""
+    from evomerge.fitness import suite_for
+
+    cfg = fitness_config(recipe, None)
+    return suite_for(
+        task_dir,
+        domains=recipe.fitness.domains,
+        split="fitness",
+        tasks=cfg.tasks,
+        extra_dirs=cfg.task_dirs,
+    )
 
 
 def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
     """Write the tasks, build the fitness-split harness, and score the inputs."""
-    from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for, write_tasks
+    from evomerge.fitness import CompositeFitness, FitnessHarness, write_tasks
 
     domains = ctx.recipe.fitness.domains
     with ctx.dist.main_process_first():
         task_dir = write_tasks(prep.layout, ctx.out / "tasks", domains=domains)
     cfg = fitness_config(ctx.recipe, None)
-    suite = suite_for(
-        task_dir, domains=domains, split="fitness", tasks=cfg.tasks, extra_dirs=cfg.task_dirs
-    )
+    suite = fitness_suite(ctx.recipe, task_dir)
     harness = FitnessHarness.build(
         suite, prep.tokenizer, prep.device, config=cfg, model_config=prep.model_config
     )

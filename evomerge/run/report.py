@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from evomerge.device import device_report
 from evomerge.evolution.checkpoint import atomic_write_bytes
 from evomerge.evolution.lineage import LineageNode
-from evomerge.evolution.loop import EvolutionLoop, LoopState
+from evomerge.evolution.loop import LoopState
 from evomerge.evolution.pool import load_weights_, weights
 from evomerge.evolution.rebuild import replay_node
 from evomerge.evolution.recipe import Recipe
@@ -194,10 +194,26 @@ def _evolution_log(state: LoopState) -> dict[str, Any]:
     }
 
 
-def _lineage(loop: EvolutionLoop) -> dict[str, Any]:
+def _search_figures(ctx: RunContext, loop: Any) -> dict[str, Any]:
+    """The strategy, its evaluations, and (genome strategies) the validation crowning."""
+    evo = ctx.recipe.evolution
+    out: dict[str, Any] = {"strategy": evo.strategy}
+    history = getattr(loop, "history", None)
+    if history is not None:
+        out.update(
+            evaluations=len(history),
+            layer_groups=evo.layer_groups,
+            selection=evo.selection.model_dump(mode="json"),
+            crowning=loop.crowning,
+            champion_genome=json.loads(loop.champion_genome.to_json()),
+        )
+    return out
+
+
+def _lineage(loop: Any) -> dict[str, Any]:
     """The champion's lineage, and its merge config: its own if a combo, else its nearest combo ancestor's."""
     ancestry = loop.book.ancestry(loop.state.champion_id or "")
-    combos = [n for n in ancestry if n.kind == "combo"]
+    combos = [n for n in ancestry if n.kind in ("combo", "genome")]
     return {
         "champion_lineage": [n.to_json() for n in ancestry],
         "champion_merge_config": combos[-1].merge_record.get("config_yaml") if combos else None,
@@ -208,7 +224,7 @@ def build_result(
     ctx: RunContext,
     prep: PreparedInputs,
     ref: Reference,
-    loop: EvolutionLoop,
+    loop: Any,  # EvolutionLoop or run.search.GenomeLoop: .state, .book, .finish()
     held: HeldOut,
     test_champion: Any,
     baselines: dict[str, Any],
@@ -232,8 +248,10 @@ def build_result(
         "evolution_log": _evolution_log(state),
         "merge_combo_usage": {label: state.combo_usage.get(label, 0) for label in COMBO_LABELS},
         "champion_terms": state.champion_terms,
+        "search": _search_figures(ctx, loop),
         "inputs": {
             "models": [str(p) for p in prep.paths],
+            "base_model": str(prep.base_path) if prep.base_path is not None else None,
             "fitness": [s.total for s in ref.input_scores],
             "test_fitness": [s.total for s in held.input_scores],
             "test_terms": [s.terms for s in held.input_scores],
@@ -254,7 +272,7 @@ def build_result(
 
 
 def write_report(
-    ctx: RunContext, prep: PreparedInputs, ref: Reference, loop: EvolutionLoop, engine: Any
+    ctx: RunContext, prep: PreparedInputs, ref: Reference, loop: Any, engine: Any
 ) -> dict[str, Any]:
     """Save the champion, score it and the baselines on the test split, write ``result.json``."""
     champion = prep.pool.acquire()

@@ -1,6 +1,7 @@
 """Recipe-space search: genomes, the CMA-ES driver and the strategy interface (issue 12).
 
-Self-contained building blocks; the run wires them in (see docs/architecture.md).
+A strategy proposes genomes and is told their scores; the run
+(evomerge/run/search.py) merges, scores, checkpoints and crowns.
 """
 
 from evomerge.search.genome import (
@@ -11,8 +12,20 @@ from evomerge.search.genome import (
     layer_group_filters,
     uniform_genome,
 )
+from evomerge.search.strategy import (
+    SearchContext,
+    SearchState,
+    Strategy,
+    StrategyError,
+    StrategyOptions,
+)
 
 __all__ = [
+    "SearchContext",
+    "SearchState",
+    "Strategy",
+    "StrategyError",
+    "StrategyOptions",
     "Genome",
     "GenomeError",
     "Mutation",

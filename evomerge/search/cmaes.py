@@ -30,7 +30,7 @@ import math
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -86,10 +86,15 @@ class GeneSpace(BaseModel):
     layer_groups: int = Field(ge=1)
     combo: str = "000"
     search_combo: bool = False
+    #: genes held at one value in every group, written into every genome
+    fixed: dict[str, float] = Field(default_factory=dict)
+    anchor: Literal["inputs", "ancestor"] = "inputs"
 
     @model_validator(mode="after")
     def _check(self) -> GeneSpace:
         parse_label(self.combo)
+        for name in self.fixed:
+            parse_gene(name)
         names = [g.name for g in self.genes]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate gene names in {names}")
@@ -121,10 +126,12 @@ class GeneSpace(BaseModel):
         for i, g in enumerate(self.genes):
             coords = [min(1.0, max(0.0, float(x))) for x in u[i * k : (i + 1) * k]]
             genes[g.name] = tuple(g.lower + c * (g.upper - g.lower) for c in coords)
+        for name, value in self.fixed.items():
+            genes.setdefault(name, (float(value),) * k)
         combo = self.combo
         if self.search_combo:
             combo = "".join("1" if float(x) > 0.5 else "0" for x in u[-3:])
-        return Genome(combo=combo, layer_groups=k, genes=genes)
+        return Genome(combo=combo, layer_groups=k, genes=genes, anchor=self.anchor)
 
 
 class CmaesSearch:
@@ -170,6 +177,12 @@ class CmaesSearch:
     def generation(self) -> int:
         """Generations told so far."""
         return int(self._es.countiter)
+
+    def mean_genome(self) -> Genome:
+        """The search distribution's mean, in the box (pycma's ``xfavorite``)."""
+        with self._own_rng():
+            mean = self._es.result.xfavorite
+        return self.space.to_genome([float(x) for x in mean])
 
     def ask(self) -> list[Genome]:
         """The next population; asking again before ``tell`` returns the same one."""

@@ -13,6 +13,17 @@ runs. Tensors outside the layers (embeddings, final norm, head) take group 0's
 value: group 0 is written as the conditional's unfiltered default entry, groups
 ``1..k-1`` as one filtered entry per layer. ``k = 1`` writes plain scalars,
 i.e. today's global parameters.
+
+Two genes are not method parameters. ``anchor: ancestor`` makes the stage-1
+weights task-arithmetic coefficients against the inputs' common ancestor B:
+stage 1 is written as ``linear`` over the inputs *and* B, B weighted
+``1 − Σ w_i`` per group, so it is ``B + Σ w_i (M_i − B)`` — free to scale a
+layer's fine-tuning up or down, which a convex mix of the inputs cannot
+(docs/search.md "Genes"). ``stage3.source`` picks, per layer group, which of
+the selection stage's sources ``[stage2, M1, M2, M3]`` the layers come from
+(``floor(value)``); it applies where stage 3 is a layer-selecting method
+(FrankenMerge) and is written as mergekit ``passthrough`` slices, so nothing
+is calibrated; 0 everywhere is stage 2 itself.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -52,6 +63,7 @@ class Genome(BaseModel):
     combo: str
     layer_groups: int = Field(ge=1)
     genes: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    anchor: Literal["inputs", "ancestor"] = "inputs"
     mutation: Mutation | None = None
 
     @field_validator("combo")
@@ -97,6 +109,12 @@ def parse_gene(name: str) -> tuple[int, str, int | None]:
     if (param == "weight") != (index is not None):
         raise GenomeError(f"gene {name!r}: only 'weight' genes take an input index")
     return int(stage), param, int(index) if index is not None else None
+
+
+def decoder_layers(tensor_names: Iterable[str]) -> int:
+    """How many decoder layers (``….layers.{i}.…``) the tensor names hold."""
+    found = {int(m.group(2)) for name in tensor_names if (m := _LAYER.match(name)) is not None}
+    return max(found) + 1 if found else 0
 
 
 def layer_group_filters(tensor_names: Iterable[str], k: int, num_layers: int) -> list[list[str]]:
@@ -170,8 +188,13 @@ def genome_config(
     config = combo_config(
         genome.combo, model_names, base_name, stage_params, seed=seed, registry=registry
     )
+    if genome.anchor == "ancestor":
+        _anchor_stage1(config.stages[0], genome, base_name, filters, registry)
     for name, values in genome.genes.items():
         stage_no, param, index = parse_gene(name)
+        if (stage_no, param) == (3, "source"):
+            config.stages[2] = _source_slices(config.stages[2], values, filters, registry)
+            continue
         if param not in _stage_parameter_names(stage_no, stage_params, registry):
             raise GenomeError(f"gene {name!r}: no stage-{stage_no} method takes {param!r}")
         stage = config.stages[stage_no - 1]
@@ -197,6 +220,71 @@ def genome_config(
     except MergeConfigError as exc:
         raise GenomeError(str(exc)) from None
     return config
+
+
+def _anchor_stage1(
+    stage: Any,
+    genome: Genome,
+    base_name: str | None,
+    filters: Sequence[Sequence[str]],
+    registry: MethodRegistry,
+) -> None:
+    """Stage 1 as ``linear`` over the inputs and the ancestor weighted ``1 − Σ w_i`` (in place)."""
+    if base_name is None:
+        raise GenomeError("anchor: ancestor needs the inputs' common ancestor (inputs.base_model)")
+    method = registry.resolve(stage.merge_method).method
+    if method.name() != "linear":
+        raise GenomeError(
+            f"anchor: ancestor needs linear in stage 1, the combo {genome.combo!r} has "
+            f"{method.name()!r}"
+        )
+    n = len(stage.models or [])
+    weights = [
+        genome.genes.get(f"stage1.weight.{i}", (1.0 / n,) * genome.layer_groups) for i in range(n)
+    ]
+    rest = tuple(1.0 - sum(w[g] for w in weights) for g in range(genome.layer_groups))
+    stage.models = [
+        *(stage.models or []),
+        ModelEntry(model=base_name, parameters={"weight": conditional_value(rest, filters)}),
+    ]
+
+
+def _layer_indices(filters: Sequence[Sequence[str]]) -> list[list[int]]:
+    """The decoder-layer indices of each group's filters (group 0 also holds no-layer tensors)."""
+    return [
+        sorted({int(m.group(2)) for f in group if (m := _LAYER.match(f)) is not None})
+        for group in filters
+    ]
+
+
+def _source_slices(
+    stage: Any, values: Sequence[float], filters: Sequence[Sequence[str]], registry: MethodRegistry
+) -> Any:
+    """A layer-selecting final stage as ``passthrough`` slices: group g's layers from source ``floor(v_g)``."""
+    from evomerge.merge.base import ModelMergeMethod
+    from evomerge.merge.combos import resolved_slices_doc
+
+    if not isinstance(registry.resolve(stage.merge_method).method, ModelMergeMethod):
+        return stage  # a tensor-wise selection method (DFS) has no layer sources: inert
+    sources = stage.input_names()
+    by_layer: dict[int, str] = {}
+    for layers, value in zip(_layer_indices(filters), values, strict=True):
+        pick = sources[min(len(sources) - 1, max(0, int(value)))]
+        by_layer.update(dict.fromkeys(layers, pick))
+    runs: list[tuple[str, int, int]] = []
+    for layer in sorted(by_layer):
+        source = by_layer[layer]
+        if runs and runs[-1][0] == source:
+            runs[-1] = (source, runs[-1][1], layer + 1)
+        else:
+            runs.append((source, layer, layer + 1))
+    anchor, end = sources[0], len(by_layer)
+    # mergekit takes the tensors before / after the layers from the first / last slice's model
+    if runs[0][0] != anchor:
+        runs.insert(0, (anchor, 0, 0))
+    if runs[-1][0] != anchor:
+        runs.append((anchor, end, end))
+    return resolved_slices_doc(stage, runs)
 
 
 def uniform_genome(

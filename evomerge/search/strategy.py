@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evomerge.hookspecs import hookimpl
 from evomerge.merge.combos import parse_label
+from evomerge.registry import Registry
 from evomerge.search.cmaes import CmaesSearch, GeneSpace, GeneSpec
-from evomerge.search.genome import Genome
+from evomerge.search.genome import Genome, parse_gene
 
 
 class StrategyError(ValueError):
@@ -40,6 +42,8 @@ class SearchContext:
     num_inputs: int
     layer_groups: int = 1
     seed: int = 0
+    #: whether the inputs' common ancestor is known (``anchor: auto`` then searches against it)
+    has_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Strategy(Protocol):
     """propose -> (the run merges and scores) -> observe, once per generation."""
 
     name: ClassVar[str]
+    kind: ClassVar[str]  # "genomes": the run's genome loop drives it
     Options: ClassVar[type[StrategyOptions]]
 
     def __init__(self, options: Any, context: SearchContext) -> None: ...
@@ -66,14 +71,42 @@ class Strategy(Protocol):
     @property
     def champion(self) -> tuple[Genome, float] | None: ...
 
+    def final_candidates(self) -> list[Genome]: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
 
-def gene_catalog(num_inputs: int) -> dict[str, GeneSpec]:
-    """The genes a recipe can name without bounds: mixing weights, density, λ."""
+class SeedOptions(StrategyOptions):
+    """The seed loop takes its settings from ``evolution`` itself (mutation, min_diversity, ...)."""
+
+
+class SeedStrategy:
+    """The user's loop (evomerge/evolution/loop.py): it evolves weights, not genomes.
+
+    Registered like any strategy so ``evolution.strategy: seed`` resolves
+    through the same hook; ``kind = "weights"`` tells the run to drive the
+    :class:`~evomerge.evolution.loop.EvolutionLoop` instead of the genome loop.
+    """
+
+    name: ClassVar[str] = "seed"
+    kind: ClassVar[str] = "weights"
+    Options: ClassVar[type[StrategyOptions]] = SeedOptions
+
+    def __init__(self, options: SeedOptions, context: SearchContext) -> None:
+        self.options, self.context = options, context
+
+
+#: search bounds of a stage-1 weight: a convex-ish mix of the inputs, or task-arithmetic
+#: coefficients against the ancestor (free to shrink a layer's fine-tuning or extrapolate it)
+WEIGHT_BOUNDS = {"inputs": (0.0, 1.0), "ancestor": (-0.5, 1.5)}
+
+
+def gene_catalog(num_inputs: int, anchor: str = "inputs") -> dict[str, GeneSpec]:
+    """The genes a recipe can name without bounds: mixing weights, density, λ, layer sources."""
     n = num_inputs
+    lo, hi = WEIGHT_BOUNDS[anchor]
     specs = [
-        GeneSpec(name=f"stage1.weight.{i}", lower=0.0, upper=1.0, initial=1 / n) for i in range(n)
+        GeneSpec(name=f"stage1.weight.{i}", lower=lo, upper=hi, initial=1 / n) for i in range(n)
     ]
     specs += [
         GeneSpec(name=f"stage2.weight.{i}", lower=0.0, upper=1.0, initial=1 / n) for i in range(n)
@@ -81,6 +114,8 @@ def gene_catalog(num_inputs: int) -> dict[str, GeneSpec]:
     specs += [
         GeneSpec(name="stage2.density", lower=0.05, upper=1.0, initial=0.2),
         GeneSpec(name="stage2.lambda", lower=0.0, upper=2.0, initial=1.0),
+        # floor(value) indexes [stage2, M1, M2, M3]; starts on stage 2 itself
+        GeneSpec(name="stage3.source", lower=0.0, upper=n + 1 - 1e-9, initial=0.5),
     ]
     return {s.name: s for s in specs}
 
@@ -89,11 +124,17 @@ class CmaesOptions(StrategyOptions):
     """``evolution.strategy: cmaes`` options (σ₀ is a fraction of each gene's range)."""
 
     popsize: int = Field(8, ge=2)
-    sigma0: float = Field(0.2, gt=0.0)
+    sigma0: float = Field(0.1, gt=0.0)
     combo: str = "000"
     search_combo: bool = False
-    #: catalog names (:func:`gene_catalog`) or full specs; None = the whole catalog
+    #: catalog names (:func:`gene_catalog`) or full specs; None = the stage-1 weights
     genes: list[str | GeneSpec] | None = None
+    #: genes held at one value in every group (default: stages 2 and 3 pass stage 1 through)
+    fixed: dict[str, float] = Field(
+        default_factory=lambda: {"stage2.lambda": 0.0, "stage3.source": 0.0}
+    )
+    #: stage-1 weights against the common ancestor (auto: when the inputs have one)
+    anchor: Literal["auto", "inputs", "ancestor"] = "auto"
 
     @field_validator("combo")
     @classmethod
@@ -101,17 +142,33 @@ class CmaesOptions(StrategyOptions):
         parse_label(combo)
         return combo
 
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_names(cls, fixed: dict[str, float]) -> dict[str, float]:
+        for name in fixed:
+            parse_gene(name)
+        return fixed
+
 
 class CmaesStrategy:
     """CMA-ES (pycma) over per-layer-group genes; the combo is fixed or searched as 3 bit genes."""
 
     name: ClassVar[str] = "cmaes"
+    kind: ClassVar[str] = "genomes"
     Options: ClassVar[type[StrategyOptions]] = CmaesOptions
 
     def __init__(self, options: CmaesOptions, context: SearchContext):
         self.options, self.context = options, context
-        catalog = gene_catalog(context.num_inputs)
-        chosen = options.genes if options.genes is not None else list(catalog)
+        anchor = options.anchor
+        if anchor == "auto":
+            anchor = "ancestor" if context.has_base else "inputs"
+        if anchor == "ancestor" and not context.has_base:
+            raise StrategyError(
+                "anchor: ancestor needs the inputs' common ancestor (inputs.base_model)"
+            )
+        catalog = gene_catalog(context.num_inputs, anchor)
+        default = [f"stage1.weight.{i}" for i in range(context.num_inputs)]
+        chosen = options.genes if options.genes is not None else default
         specs = []
         for gene in chosen:
             if isinstance(gene, str) and gene not in catalog:
@@ -120,11 +177,15 @@ class CmaesStrategy:
                     "(or give {name, lower, upper, initial})"
                 )
             specs.append(catalog[gene] if isinstance(gene, str) else gene)
+        searched = {s.name for s in specs}
+        fixed = {k: v for k, v in options.fixed.items() if k not in searched}
         space = GeneSpace(
             genes=tuple(specs),
             layer_groups=context.layer_groups,
             combo=options.combo,
             search_combo=options.search_combo,
+            fixed=fixed,
+            anchor=anchor,
         )
         self.search = CmaesSearch(space, options.sigma0, options.popsize, context.seed)
 
@@ -139,6 +200,10 @@ class CmaesStrategy:
         s = self.search
         return None if s.champion is None else (s.champion, float(s.champion_fitness or 0.0))
 
+    def final_candidates(self) -> list[Genome]:
+        """The distribution's mean: often better held out than any single sample."""
+        return [self.search.mean_genome()]
+
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options.model_dump(mode="json"), "search": self.search.state_dict()}
 
@@ -151,13 +216,32 @@ class CmaesStrategy:
         return self
 
 
-BUILTIN_STRATEGIES: tuple[type[Strategy], ...] = (CmaesStrategy,)
+BUILTIN_STRATEGIES: tuple[type[Any], ...] = (SeedStrategy, CmaesStrategy)
 
 
-def find_strategy(
-    name: str, strategies: Sequence[type[Strategy]] = BUILTIN_STRATEGIES
-) -> type[Strategy]:
+@hookimpl
+def evomerge_register_strategies() -> list[type[Any]]:
+    """The built-in strategies, registered through the public hook (``DEFAULT_PLUGINS``)."""
+    return list(BUILTIN_STRATEGIES)
+
+
+def _strategy_name(cls: type[Any]) -> str:
+    return str(cls.name)
+
+
+STRATEGIES: Registry[type[Any]] = Registry(
+    "search strategy", "evomerge_register_strategies", type, _strategy_name
+)
+
+
+def registered_strategies() -> list[type[Any]]:
+    """Every strategy class the loaded plugins register (the built-ins included)."""
+    return [e.item for e in STRATEGIES.items()]
+
+
+def find_strategy(name: str, strategies: Sequence[type[Any]] | None = None) -> type[Any]:
     """The registered strategy class called ``name``; otherwise one line listing the known ones."""
+    strategies = registered_strategies() if strategies is None else strategies
     for cls in strategies:
         if cls.name == name:
             return cls
@@ -169,8 +253,8 @@ def build_strategy(
     name: str,
     options: Mapping[str, Any] | None,
     context: SearchContext,
-    strategies: Sequence[type[Strategy]] = BUILTIN_STRATEGIES,
-) -> Strategy:
+    strategies: Sequence[type[Any]] | None = None,
+) -> Any:
     """Validate ``options`` against the strategy's ``Options`` and build it (errors: one line)."""
     cls = find_strategy(name, strategies)
     try:

@@ -1,0 +1,151 @@
+"""Search benchmark through `evomerge recipe run`: strategies × seeds on the quickstart family.
+
+Each config is the shipped quickstart recipe (recipes/quickstart.yaml) with a few
+fields overridden; each (config, seed) is one real `recipe run` into its own
+output dir, and the numbers are read back from its result.json: the held-out
+improvement over the inputs' mean (test split, 64 documents per task), the two
+honest baselines, `loop_gain_test`, the evaluations used and the wall time.
+
+    bash scripts/quickstart.sh            # makes runs/phase1-tiny once
+    .venv/bin/python benchmarks/recipe_search_bench.py --configs seed-g3 cmaes-k2-g3 --seeds 0 1 2
+    .venv/bin/python benchmarks/recipe_search_bench.py --table
+
+Results are appended as JSON lines to ``--out`` (benchmarks/recipe_search_runs.jsonl);
+``--table`` prints the per-config mean and spread (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+WORK = Path("/tmp/recipe_search_bench")
+
+
+def _cmaes(k: int, gens: int, pop: int = 8, sigma0: float = 0.1, **sel: Any) -> dict[str, Any]:
+    evo: dict[str, Any] = {
+        "strategy": "cmaes",
+        "generations": gens,
+        "layer_groups": k,
+        "strategy_options": {"popsize": pop, "sigma0": sigma0},
+    }
+    if sel:
+        evo["selection"] = sel
+    return {"evolution": evo}
+
+
+#: name -> overrides of the quickstart recipe (merged into its mapping)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "seed-g3": {"evolution": {"strategy": "seed", "generations": 3}},
+    "seed-g8": {"evolution": {"strategy": "seed", "generations": 8}},
+    "cmaes-k2-g3": _cmaes(2, 3),
+    "cmaes-k2-g8": _cmaes(2, 8),
+    "cmaes-k2-g8-s2": _cmaes(2, 8, sigma0=0.2),
+    "cmaes-k2-g6-p6": _cmaes(2, 6, pop=6),
+    "cmaes-k1-g8": _cmaes(1, 8),
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def run_one(name: str, seed: int) -> dict[str, Any]:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = _merge(recipe, CONFIGS[name])
+    recipe["evolution"]["seed"] = seed
+    recipe["inputs"]["phase1"]["out"] = str(ROOT / "runs" / "phase1-tiny")
+    out = WORK / f"{name}-s{seed}"
+    recipe["output"] = str(out)
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"{name}-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "evomerge", "recipe", "run", str(path), "--overwrite", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{name} seed {seed}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    result = json.loads((out / "result.json").read_text())
+    search = result.get("search") or {}
+    evals = search.get("evaluations")
+    if evals is None:  # the seed loop: 8 per generation, generation 0 included
+        evals = 8 * (1 + int(result["evolution_log"]["generations"]))
+    base = result["baselines_test_improvement"]
+    return {
+        "config": name,
+        "seed": seed,
+        "test_improvement": result["test_improvement"],
+        "uniform_average": base["uniform_average"],
+        "best_gen0": base["best_gen0"],
+        "loop_gain_test": result["loop_gain_test"],
+        "evaluations": evals,
+        "wall_s": round(wall, 1),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["config"], []).append(row)
+
+    def stat(values: list[float], pct: bool = True) -> str:
+        mean = statistics.fmean(values)
+        spread = max(values) - min(values)
+        return f"{mean:+.2%} ± {spread / 2:.2%}" if pct else f"{mean:.0f} ± {spread / 2:.0f}"
+
+    lines = [
+        "| config | seeds | held-out vs inputs' mean | loop_gain_test | evaluations | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, group in by.items():
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in group)} "
+            f"| {stat([r['test_improvement'] for r in group])} "
+            f"| {stat([r['loop_gain_test'] for r in group])} "
+            f"| {stat([float(r['evaluations']) for r in group], pct=False)} "
+            f"| {stat([r['wall_s'] for r in group], pct=False)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="*", default=[], choices=sorted(CONFIGS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/recipe_search_runs.jsonl")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    for name in args.configs:
+        for seed in args.seeds:
+            row = run_one(name, seed)
+            print(json.dumps(row), flush=True)
+            with args.out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    if args.table:
+        rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

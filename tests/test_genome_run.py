@@ -1,0 +1,153 @@
+"""`recipe run` with a genome strategy (cmaes) on the tiny demo family: honest crowning, KB
+checkpoints, resume after a kill, lineage replay, and bad strategy input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.evolution.recipe import load_recipe
+from evomerge.evolution.run import Run
+from evomerge.run import search as search_module
+from tests.test_recipe_run import _recipe
+
+CMAES: dict[str, Any] = {
+    "generations": 2,
+    "seed": 1,
+    "strategy": "cmaes",
+    "strategy_options": {"popsize": 4, "sigma0": 0.2},
+    "layer_groups": 2,
+    "selection": {"minibatch": "fresh", "validation_items": 8, "top_k": 2},
+}
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVOMERGE_CACHE", str(data_cache_dir))
+
+
+def _cmaes_recipe(tmp: Path, phase1: dict, out: str, **evolution: Any) -> Path:
+    return _recipe(tmp, phase1, out, evolution={**CMAES, **evolution})
+
+
+@pytest.fixture(scope="module")
+def cmaes_run(
+    tmp_path_factory: pytest.TempPathFactory, phase1_tiny: dict, data_cache_dir: Path
+) -> Path:
+    import os
+
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    tmp = tmp_path_factory.mktemp("cmaes")
+    result = CliRunner().invoke(
+        app, ["recipe", "run", str(_cmaes_recipe(tmp, phase1_tiny, "run")), "--quiet"]
+    )
+    assert result.exit_code in (0, 1), result.output
+    return tmp / "run"
+
+
+def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
+    result = json.loads((cmaes_run / "result.json").read_text())
+    search = result["search"]
+    assert search["strategy"] == "cmaes"
+    assert search["evaluations"] == 8 + 2 * 4  # generation 0, then 2 generations of 4
+    crowning = search["crowning"]
+    ids = [c["id"] for c in crowning]
+    # the latest generations' bests, the CMA-ES mean and the best generation-0 combo
+    assert result["best_gen0_id"] in ids and any("final" in i for i in ids)
+    assert any(i.startswith("g0002-") for i in ids) and any(i.startswith("g0001-") for i in ids)
+    winner = max(crowning, key=lambda c: c["validation_fitness"])
+    assert result["champion_lineage"][-1]["id"] == winner["id"]
+    # the champion's fitness is on the run's own fitness sample, like the seed strategy's
+    assert result["fitness"] == pytest.approx(result["champion_lineage"][-1]["fitness"])
+    assert torch.isfinite(torch.tensor(result["test_fitness"]))
+    assert "loop_gain_test" in result and set(result["baselines_test_improvement"]) == {
+        "uniform_average",
+        "best_gen0",
+    }
+
+
+def test_genomes_rebuild_the_champion_bit_identically(cmaes_run: Path) -> None:
+    from evomerge.evolution.rebuild import rebuild_champion
+
+    _, comparison = rebuild_champion(cmaes_run / "result.json")
+    assert comparison["bit_identical"], comparison
+
+
+def test_searched_genome_exports_a_mergekit_config(cmaes_run: Path) -> None:
+    """A searched genome's lineage config is plain mergekit YAML (per-layer-group conditionals)."""
+    from evomerge.merge.config import ComboConfig
+
+    result = json.loads((cmaes_run / "result.json").read_text())
+    searched = [c["id"] for c in result["search"]["crowning"] if not c["id"].startswith("g0000")]
+    assert searched
+    config_yaml = result["champion_merge_config"]
+    config = ComboConfig.from_yaml(config_yaml, source="result.json")
+    assert len(config.stages) == 3
+
+
+def test_checkpoint_is_genomes_not_weights_and_resume_gives_the_same_champion(
+    cmaes_run: Path, phase1_tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = json.loads((cmaes_run / "result.json").read_text())
+    recipe = load_recipe(_cmaes_recipe(tmp_path, phase1_tiny, "killed"))
+    calls = {"n": 0}
+    original = search_module.GenomeLoop._genome_into
+
+    def dying(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 8 + 4 + 2:  # mid generation 2, after two of its merges
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(search_module.GenomeLoop, "_genome_into", dying)
+        with pytest.raises(KeyboardInterrupt):
+            Run(recipe, progress=False, log=lambda s: None).execute()
+    checkpoint = tmp_path / "killed" / ".checkpoint"
+    saved = json.loads((checkpoint / "state.json").read_text())
+    assert saved["generation"] == 1
+    assert not list(checkpoint.glob("*.safetensors"))  # no weights: genomes and scores only
+    assert sum(f.stat().st_size for f in checkpoint.iterdir()) < 1_000_000
+    got = Run(recipe, resume=True, progress=False, log=lambda s: None).execute().result
+    assert got["champion_lineage"][-1]["id"] == full["champion_lineage"][-1]["id"]
+    assert got["fitness"] == full["fitness"]
+    assert got["search"]["crowning"] == full["search"]["crowning"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(cmaes_run / "champion" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "killed" / "champion" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    ("evolution", "field", "needle"),
+    [
+        ({"strategy": "cmaess"}, "evolution.strategy", "unknown strategy 'cmaess'"),
+        (
+            {"strategy_options": {"popsize": 4, "sigmaa": 1}},
+            "evolution.strategy_options.sigmaa",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"strategy_options": {"sigma0": -0.5}},
+            "evolution.strategy_options.sigma0",
+            "greater than 0",
+        ),
+        ({"layer_groups": 5}, "evolution.layer_groups", "5 layer groups but the inputs have 2"),
+    ],
+)
+def test_bad_strategy_input_is_one_line_exit_2_nothing_written(
+    evolution: dict[str, Any], field: str, needle: str, phase1_tiny: dict, tmp_path: Path
+) -> None:
+    recipe = _cmaes_recipe(tmp_path, phase1_tiny, "bad", **evolution)
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{recipe}:" in text and field in text and needle in text, text
+    assert not (tmp_path / "bad").exists()
