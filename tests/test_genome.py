@@ -126,6 +126,41 @@ def test_genome_config_writes_conditionals(inputs: InputSet, filters: list[list[
         )
 
 
+def test_embedding_group_mixes_the_outside_tensors_on_their_own(inputs: InputSet) -> None:
+    """With an embedding group, layer tensors follow their layer group and the rest the last group."""
+    filters = layer_group_filters(inputs.keys, 2, 2, embedding_group=True)
+    assert filters[-1] == [] and len(filters) == 3 and all(filters[:2])
+    # stage 1 picks input 0 in the layers and input 2 everywhere else; stages 2-3 pass through
+    genome = Genome(
+        combo="000",
+        layer_groups=3,
+        genes={
+            "stage1.weight.0": (1.0, 1.0, 0.0),
+            "stage1.weight.1": (0.0, 0.0, 0.0),
+            "stage1.weight.2": (0.0, 0.0, 1.0),
+            "stage2.lambda": (0.0, 0.0, 0.0),
+            "stage3.source": (0.0, 0.0, 0.0),
+        },
+    )
+    config = _config(genome, inputs, filters)
+    assert config.stages[0].models is not None
+    assert config.stages[0].models[2].parameters == {
+        "weight": [
+            {"filter": "model.layers.0.", "value": 0.0},
+            {"filter": "model.layers.1.", "value": 0.0},
+            {"value": 1.0},
+        ]
+    }
+    merged = _run(config, inputs)
+    first, last = inputs.models[0], inputs.models[2]
+    in_layers = [k for k in merged if ".layers." in k]
+    outside = [k for k in merged if ".layers." not in k]
+    assert in_layers and outside
+    assert all(torch.allclose(merged[k], first[k]) for k in in_layers)
+    assert all(torch.allclose(merged[k], last[k]) for k in outside)
+    assert not all(torch.allclose(merged[k], first[k]) for k in outside)
+
+
 def test_genome_yaml_round_trip_rebuilds_bit_identical(
     inputs: InputSet, filters: list[list[str]]
 ) -> None:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import torch
+from test_recipe_run import _recipe
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.evolution.recipe import load_recipe
 from evomerge.evolution.run import Run
 from evomerge.run import search as search_module
-from tests.test_recipe_run import _recipe
 
 CMAES: dict[str, Any] = {
     "generations": 2,

@@ -152,6 +152,13 @@ class EvolutionConfig(_Strict):
         ge=1,
         description="Genome strategies: contiguous groups of decoder layers with their own genes.",
     )
+    embedding_group: bool = Field(
+        False,
+        description=(
+            "Genome strategies: the tensors outside the decoder layers (embeddings, final "
+            "norm, LM head) get genes of their own (one more group); false: group 0's."
+        ),
+    )
     selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
 
     generations: int = Field(50, ge=0, description="Generations after generation 0.")
@@ -166,6 +173,11 @@ class EvolutionConfig(_Strict):
     )
     early_stop: EarlyStopConfig | None = Field(default_factory=lambda: EarlyStopConfig())
     seed: int = Field(0, description="Seed of every random choice of the run.")
+
+    @property
+    def gene_groups(self) -> int:
+        """Values per gene: the layer groups, plus the embedding group when there is one."""
+        return self.layer_groups + int(self.embedding_group)
 
 
 class FitnessSection(FitnessConfig):

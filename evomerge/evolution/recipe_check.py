@@ -197,7 +197,7 @@ def _strategy_problems(recipe: Recipe) -> Iterator[Problem]:
         return
     has_base = recipe.inputs.phase1 is not None or recipe.inputs.base_model is not None
     context = SearchContext(
-        num_inputs=3, layer_groups=evo.layer_groups, seed=evo.seed, has_base=has_base
+        num_inputs=3, layer_groups=evo.gene_groups, seed=evo.seed, has_base=has_base
     )
     try:
         build_strategy(evo.strategy, evo.strategy_options, context)

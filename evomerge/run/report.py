@@ -203,6 +203,7 @@ def _search_figures(ctx: RunContext, loop: Any) -> dict[str, Any]:
         out.update(
             evaluations=len(history),
             layer_groups=evo.layer_groups,
+            embedding_group=evo.embedding_group,
             selection=evo.selection.model_dump(mode="json"),
             crowning=loop.crowning,
             champion_genome=json.loads(loop.champion_genome.to_json()),

@@ -129,12 +129,14 @@ class GenomeLoop:
         self.input_set = self._input_set()
         keys = self.input_set.keys
         try:
-            self.filters = layer_group_filters(keys, evo.layer_groups, decoder_layers(keys))
+            self.filters = layer_group_filters(
+                keys, evo.layer_groups, decoder_layers(keys), embedding_group=evo.embedding_group
+            )
         except ValueError as exc:
             raise ValueError(f"{ctx.recipe.where(('evolution', 'layer_groups'))}: {exc}") from None
         self.context = SearchContext(
             num_inputs=len(prep.inputs),
-            layer_groups=evo.layer_groups,
+            layer_groups=evo.gene_groups,
             seed=evo.seed,
             has_base=self.base is not None,
         )
@@ -258,7 +260,7 @@ class GenomeLoop:
         started = time.perf_counter()
         self.ctx.log("generation 0: 8 combos")
         genomes = [
-            Genome(combo=label, layer_groups=self.settings.layer_groups) for label in COMBO_LABELS
+            Genome(combo=label, layer_groups=self.settings.gene_groups) for label in COMBO_LABELS
         ]
         ids = [f"g0000-{i}" for i in range(len(genomes))]
         results = self._evaluate(genomes, ids, 0, self.ref.harness)

@@ -12,7 +12,10 @@ Layer groups split the decoder layers ``.layers.{i}.`` into ``k`` contiguous
 runs. Tensors outside the layers (embeddings, final norm, head) take group 0's
 value: group 0 is written as the conditional's unfiltered default entry, groups
 ``1..k-1`` as one filtered entry per layer. ``k = 1`` writes plain scalars,
-i.e. today's global parameters.
+i.e. today's global parameters. With ``embedding_group`` those outside tensors
+get a group of their own, the last one (its filter list is empty: it is the
+default entry, and every layer group is written filtered) — the embeddings of
+three fine-tunes often want a different mix than any decoder layer.
 
 Two genes are not method parameters. ``anchor: ancestor`` makes the stage-1
 weights task-arithmetic coefficients against the inputs' common ancestor B:
@@ -117,12 +120,16 @@ def decoder_layers(tensor_names: Iterable[str]) -> int:
     return max(found) + 1 if found else 0
 
 
-def layer_group_filters(tensor_names: Iterable[str], k: int, num_layers: int) -> list[list[str]]:
+def layer_group_filters(
+    tensor_names: Iterable[str], k: int, num_layers: int, *, embedding_group: bool = False
+) -> list[list[str]]:
     """``k`` lists of substring filters, group ``g`` covering a contiguous run of layer indices.
 
     Layer ``i`` goes to group ``i * k // num_layers`` (sizes differ by at most
     one). A filter is the tensor-name prefix up to and including ``layers.{i}.``
     (``"model.layers.3."``), so ``layers.1.`` never matches ``layers.11.``.
+    ``embedding_group`` appends one empty list: the group of every tensor outside
+    the layers (``k + 1`` groups in all).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GenomeError(f"layer_groups must be a positive integer, got {k!r}")
@@ -140,6 +147,8 @@ def layer_group_filters(tensor_names: Iterable[str], k: int, num_layers: int) ->
     groups: list[list[str]] = [[] for _ in range(k)]
     for i in range(num_layers):
         groups[i * k // num_layers].extend(f"{p}{i}." for p in sorted(prefixes[i]))
+    if embedding_group:
+        groups.append([])
     return groups
 
 
@@ -149,10 +158,15 @@ def conditional_value(values: Sequence[float], filters: Sequence[Sequence[str]])
         raise GenomeError(f"{len(values)} gene values for {len(filters)} layer groups")
     if len(values) == 1:
         return float(values[0])
+    # the default (unfiltered) entry: the group without filters (the embedding group), else group 0
+    default = next((g for g, f in enumerate(filters) if not f), 0)
     entries: list[dict[str, Any]] = [
-        {"filter": f, "value": float(values[g])} for g in range(1, len(values)) for f in filters[g]
+        {"filter": f, "value": float(values[g])}
+        for g in range(len(values))
+        if g != default
+        for f in filters[g]
     ]
-    return [*entries, {"value": float(values[0])}]
+    return [*entries, {"value": float(values[default])}]
 
 
 def _stage_parameter_names(stage: int, params: StageParams, registry: MethodRegistry) -> set[str]:
