@@ -33,11 +33,14 @@ RECIPE = ROOT / "recipes" / "quickstart.yaml"
 WORK = Path("/tmp/recipe_search_bench")
 
 
-def _cmaes(k: int, gens: int, pop: int = 8, sigma0: float = 0.1, **sel: Any) -> dict[str, Any]:
+def _cmaes(
+    k: int, gens: int, pop: int = 8, sigma0: float = 0.1, emb: bool = False, **sel: Any
+) -> dict[str, Any]:
     evo: dict[str, Any] = {
         "strategy": "cmaes",
         "generations": gens,
         "layer_groups": k,
+        "embedding_group": emb,
         "strategy_options": {"popsize": pop, "sigma0": sigma0},
     }
     if sel:
@@ -54,6 +57,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cmaes-k2-g8-s2": _cmaes(2, 8, sigma0=0.2),
     "cmaes-k2-g6-p6": _cmaes(2, 6, pop=6),
     "cmaes-k1-g8": _cmaes(1, 8),
+    "cmaes-k2e-g8": _cmaes(2, 8, emb=True),
+    "cmaes-k2e-g4": _cmaes(2, 4, emb=True),
+    "cmaes-k2e-g8-fixed": _cmaes(2, 8, emb=True, minibatch="fixed"),
+    "cmaes-k2e-g4-p12": _cmaes(2, 4, pop=12, emb=True),
 }
 
 
