@@ -48,10 +48,16 @@ def _cmaes(
     return {"evolution": evo}
 
 
+def _seed(gens: int) -> dict[str, Any]:
+    """The user's loop (the quickstart's settings before it shipped ``cmaes``)."""
+    evo = {"strategy": "seed", "generations": gens, "strategy_options": {}, "layer_groups": 1}
+    return {"evolution": {**evo, "embedding_group": False}}
+
+
 #: name -> overrides of the quickstart recipe (merged into its mapping)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "seed-g3": {"evolution": {"strategy": "seed", "generations": 3}},
-    "seed-g8": {"evolution": {"strategy": "seed", "generations": 8}},
+    "seed-g3": _seed(3),
+    "seed-g8": _seed(8),
     "cmaes-k2-g3": _cmaes(2, 3),
     "cmaes-k2-g8": _cmaes(2, 8),
     "cmaes-k2-g8-s2": _cmaes(2, 8, sigma0=0.2),
@@ -61,6 +67,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cmaes-k2e-g4": _cmaes(2, 4, emb=True),
     "cmaes-k2e-g8-fixed": _cmaes(2, 8, emb=True, minibatch="fixed"),
     "cmaes-k2e-g4-p12": _cmaes(2, 4, pop=12, emb=True),
+    "cmaes-k2e-g8-s075": _cmaes(2, 8, sigma0=0.075, emb=True),  # the shipped quickstart
+    "cmaes-k2-g8-s075": _cmaes(2, 8, sigma0=0.075),
 }
 
 

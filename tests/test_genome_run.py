@@ -70,6 +70,12 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
         "uniform_average",
         "best_gen0",
     }
+    resources = result["resources"]
+    # genomes, not weights: a generation's checkpoint is KBs (one input's weights are MBs)
+    weight_bytes = (cmaes_run / "champion" / "model.safetensors").stat().st_size
+    assert 0 < resources["checkpoint_bytes_per_generation"] < min(weight_bytes, 1_000_000)
+    assert resources["peak_host_bytes"] > 3 * weight_bytes  # the inputs alone are resident
+    assert resources["peak_device_bytes"] is None  # CPU: no allocator peak
 
 
 def test_genomes_rebuild_the_champion_bit_identically(cmaes_run: Path) -> None:

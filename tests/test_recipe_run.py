@@ -94,6 +94,9 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     )
     assert log["best_fitness_per_gen"] == sorted(log["best_fitness_per_gen"])
     assert result["resident_models"]["peak"] <= 12 and result["resident_models"]["allocated"] <= 12
+    # the seed loop checkpoints its population's weights: at least 8 models' worth per generation
+    weight_bytes = (out / "champion" / "model.safetensors").stat().st_size
+    assert result["resources"]["checkpoint_bytes_per_generation"] > 7 * weight_bytes
     model = AutoModelForCausalLM.from_pretrained(out / "champion")
     assert model.config.model_type == "trm_titans_mag"
     assert [

@@ -67,6 +67,13 @@ class Checkpoint:
 
     def __init__(self, out_dir: Path) -> None:
         self.dir = Path(out_dir) / ".checkpoint"
+        #: the most bytes one save wrote (state.json plus the weight files it names): what a
+        #: generation costs on disk (result.json ``resources``)
+        self.max_save_bytes = 0
+
+    def _count(self, names: list[str]) -> None:
+        size = sum((self.dir / n).stat().st_size for n in names if (self.dir / n).is_file())
+        self.max_save_bytes = max(self.max_save_bytes, size)
 
     def exists(self) -> bool:
         return (self.dir / STATE).is_file()
@@ -93,6 +100,9 @@ class Checkpoint:
         state = {**state, "format": FORMAT, "files": files}
         state["sha256"] = {name: file_sha256(self.dir / fname) for name, fname in files.items()}
         atomic_write_bytes(self.dir / STATE, json.dumps(state, indent=1).encode())
+        self._count(
+            [STATE, pop_file.name, *([str(state["champion_file"])] if champion is not None else [])]
+        )
         keep = set(files.values())
         for stale in self.dir.glob("*.safetensors"):
             if stale.name not in keep:
@@ -103,6 +113,7 @@ class Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {**state, "format": FORMAT, "files": {}, "sha256": {}}
         atomic_write_bytes(self.dir / STATE, json.dumps(state, indent=1).encode())
+        self._count([STATE])
         for stale in self.dir.glob("*.safetensors"):
             stale.unlink(missing_ok=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,28 @@ def build_result(
             "allocated": prep.pool.allocated,
         },
         "device": device_report(prep.device),
+        "resources": resources(prep.device, loop.checkpoint),
         "recipe": ctx.recipe.model_dump(mode="json"),
+    }
+
+
+def resources(device: torch.device, checkpoint: Any) -> dict[str, int | None]:
+    """What the run cost: this process's peak host RSS and device allocation, and the most
+    bytes one generation's checkpoint wrote (KBs for genome strategies, weights for ``seed``)."""
+    import resource
+
+    # ru_maxrss is KiB on Linux (bytes on macOS)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_host = rss if sys.platform == "darwin" else rss * 1024
+    peak_device = None
+    if device.type == "cuda":
+        from evomerge.fitness.cost import process_peak_memory
+
+        peak_device = process_peak_memory(device)
+    return {
+        "peak_host_bytes": int(peak_host),
+        "peak_device_bytes": peak_device,
+        "checkpoint_bytes_per_generation": int(checkpoint.max_save_bytes),
     }
 
 

@@ -124,7 +124,8 @@ class CmaesOptions(StrategyOptions):
     """``evolution.strategy: cmaes`` options (σ₀ is a fraction of each gene's range)."""
 
     popsize: int = Field(8, ge=2)
-    sigma0: float = Field(0.1, gt=0.0)
+    #: 0.075 of the range: 0.15 in task-arithmetic units, the best of docs/benchmarks.md
+    sigma0: float = Field(0.075, gt=0.0)
     combo: str = "000"
     search_combo: bool = False
     #: catalog names (:func:`gene_catalog`) or full specs; None = the stage-1 weights
@@ -201,8 +202,10 @@ class CmaesStrategy:
         return None if s.champion is None else (s.champion, float(s.champion_fitness or 0.0))
 
     def final_candidates(self) -> list[Genome]:
-        """The distribution's mean: often better held out than any single sample."""
-        return [self.search.mean_genome()]
+        """The distribution's mean (often better held out than any single sample) and the start
+        point (against the ancestor: the uniform average), so crowning never falls below it."""
+        space = self.search.space
+        return [self.search.mean_genome(), space.to_genome(space.initial_vector())]
 
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options.model_dump(mode="json"), "search": self.search.state_dict()}
