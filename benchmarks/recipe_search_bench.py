@@ -69,6 +69,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cmaes-k2e-g4-p12": _cmaes(2, 4, pop=12, emb=True),
     "cmaes-k2e-g8-s075": _cmaes(2, 8, sigma0=0.075, emb=True),  # the shipped quickstart
     "cmaes-k2-g8-s075": _cmaes(2, 8, sigma0=0.075),
+    # the same document budget spent on fewer, better-measured candidates
+    "cmaes-k2e-g4-s075-d32": {
+        **_cmaes(2, 4, sigma0=0.075, emb=True),
+        "fitness": {"max_items": 32},
+    },
 }
 
 

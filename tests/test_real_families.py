@@ -270,3 +270,44 @@ def test_recipe_run_champion_keeps_config_tokenizer_and_generation_config(llama_
     ours, theirs = AutoTokenizer.from_pretrained(champion), AutoTokenizer.from_pretrained(source)
     text = "Ship's log, day 3: the wind is <|endoftext|> calm."
     assert ours(text)["input_ids"] == theirs(text)["input_ids"]
+
+
+@pytest.mark.slow  # generation 0 + 2 CMA-ES generations of 4 + crowning on a real family
+def test_genome_search_on_tied_qwen2_finetunes_reports_the_loop_gain(
+    real_family, data_cache_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13's goal on a real architecture: the `cmaes` strategy (task-arithmetic genes
+    against the base, an embedding group of its own) gives a loadable, finite champion with
+    its tied embeddings still tied, the held-out report and the loop gain, and a checkpoint
+    of genomes, not weights."""
+    import os
+
+    import yaml
+
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    family = real_family("qwen2")
+    path = _recipe_file(family, tmp_path, None)
+    data = yaml.safe_load(path.read_text())
+    data["evolution"] = {
+        "strategy": "cmaes",
+        "generations": 2,
+        "layer_groups": 2,
+        "embedding_group": True,
+        "strategy_options": {"popsize": 4},
+        "selection": {"validation_items": 4, "top_k": 2},
+        "seed": 0,
+    }
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["recipe", "run", str(path), "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert report["search"]["strategy"] == "cmaes" and report["search"]["evaluations"] == 16
+    assert report["search"]["champion_genome"]["anchor"] == "ancestor"  # the base is known
+    assert set(report["baselines_test_improvement"]) == {"uniform_average", "best_gen0"}
+    best = max(report["baselines_test_improvement"].values())
+    assert report["loop_gain_test"] == pytest.approx(report["test_improvement"] - best)
+    assert report["resources"]["checkpoint_bytes_per_generation"] < 1_000_000
+    model = _load(tmp_path / "out" / "champion")
+    assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -10,8 +10,8 @@ re-scored on a *validation* sample of the fitness split that no candidate was
 selected on, and the best there is crowned (docs/search.md "Honest
 selection"). The test split is never touched here.
 
-Only the candidates being scored are resident (at most the pool's free
-slots), and the checkpoint is JSON: the strategy's state, the scored genomes
+Only the candidates being scored are resident (``IN_FLIGHT`` per process,
+beside the inputs and their ancestor), and the checkpoint is JSON: the strategy's state, the scored genomes
 and the run state, a few KB per generation; resume re-merges what it needs.
 """
 
@@ -41,6 +41,8 @@ from evomerge.search.genome import Genome, decoder_layers, genome_config, layer_
 from evomerge.search.strategy import SearchContext, SearchState, build_strategy
 
 STATE_FORMAT = "evomerge.run.search/1"
+#: candidates materialised at once on one process
+IN_FLIGHT = 2
 
 
 @dataclass
@@ -213,10 +215,17 @@ class GenomeLoop:
     def _evaluate(
         self, genomes: Sequence[Genome], ids: Sequence[str], generation: int, harness: Any
     ) -> list[tuple[LineageNode, Any]]:
-        """Merge and score ``genomes`` on ``harness``, as many at once as the pool has free slots."""
+        """Merge and score ``genomes`` on ``harness``, a few at a time.
+
+        Candidates are scored one after another anyway, so only as many are
+        materialised at once as the processes score in parallel (at least 2):
+        resident memory is the inputs plus that many models, whatever the
+        population size (docs/search.md "Checkpoints and resume").
+        """
         pool = self.prep.pool
         done: list[tuple[LineageNode, Any]] = []
-        chunk = max(1, pool.capacity - pool.live)
+        in_flight = max(IN_FLIGHT, int(self.ctx.dist.num_processes))
+        chunk = max(1, min(in_flight, pool.capacity - pool.live))
         for start in range(0, len(genomes), chunk):
             part = list(
                 zip(genomes[start : start + chunk], ids[start : start + chunk], strict=True)
