@@ -80,7 +80,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):  # {} replaces
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
