@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,40 @@ def test_genome_config_runs_in_mergekit(
     theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
     for key, value in theirs.state_dict().items():
         torch.testing.assert_close(ours[key], value, atol=1e-5, rtol=0, msg=key)
+
+
+def test_mutation_gene_is_the_seed_operator_and_lineage_replays_it(
+    tiny_llama_family, inputs: InputSet, filters: list[list[str]]
+) -> None:  # type: ignore[no-untyped-def]
+    """A genome's ``mutation`` is the seed loop's keyed noise on the merge; replaying its lineage
+    node (as ``lineage rebuild`` does) re-draws exactly that noise."""
+    from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
+    from evomerge.evolution.operators import apply_genome_mutation_, mutate_
+    from evomerge.evolution.pool import weights
+    from evomerge.evolution.rebuild import replay_node
+
+    fam = tiny_llama_family
+    run_inputs = InputSet(fam.models, base=fam.base, cache=False)  # the run's own names
+    config = genome_config(
+        GENOME, run_inputs.names, run_inputs.base_name, StageParams(), filters, seed=5
+    )
+    merged = _run(config, run_inputs)
+    mutated = {k: v.clone() for k, v in merged.items()}
+    genome_json = json.loads(GENOME.to_json())
+    apply_genome_mutation_(mutated, genome_json)
+    expected = {k: v.clone() for k, v in merged.items()}
+    mutate_(expected, sigma=0.01, rate=0.01, mode="relative", seed=11)  # the seed's defaults
+    assert _equal(mutated, expected) and not _equal(mutated, merged)
+
+    node = LineageNode(
+        id="g0001-0",
+        generation=1,
+        kind="genome",
+        parents=[*INPUT_IDS, BASE_ID],
+        seed=5,
+        combo=GENOME.combo,
+        merge_record={"genome": genome_json, "config_yaml": config.to_yaml()},
+    )
+    parents = [fam.build(m) for m in fam.models] + [fam.build(fam.base)]
+    out = replay_node(MergeEngine(), node, parents, parents[:3], fam.build())
+    assert _equal({k: v for k, v in weights(out).items() if k in mutated}, mutated)

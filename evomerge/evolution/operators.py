@@ -109,6 +109,20 @@ def apply_mutation_(
 
 
 @torch.no_grad()
+def apply_genome_mutation_(state: Mapping[str, torch.Tensor], genome: Mapping[str, Any]) -> None:
+    """The ``mutation`` gene of a genome (its JSON form), if any, on its merged ``state``."""
+    mutation = genome.get("mutation")
+    if mutation:
+        mutate_(
+            state,
+            sigma=mutation["sigma"],
+            rate=mutation.get("rate", 0.01),
+            mode=mutation.get("mode", "relative"),
+            seed=mutation["seed"],
+        )
+
+
+@torch.no_grad()
 def mean_pairwise_distance(states: Sequence[Mapping[str, torch.Tensor]]) -> float:
     """Mean L2 distance over all pairs of models, accumulated tensor by tensor (no flattening)."""
     if len(states) < 2:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
-from evomerge.evolution.operators import apply_mutation_
+from evomerge.evolution.operators import apply_genome_mutation_, apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
 from evomerge.merge.engine import MergeEngine
 
@@ -52,6 +52,7 @@ def replay_node(
             cache=False,
         )
         engine.run_config(config, group, out=weights(out), scratch_model=out, label=node.combo)
+        apply_genome_mutation_(weights(out), node.merge_record.get("genome") or {})
     else:
         assert node.mutation is not None
         copy_weights_(out, parents[0])

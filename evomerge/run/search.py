@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from evomerge.evolution.checkpoint import Checkpoint
 from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageBook, LineageNode
 from evomerge.evolution.loop import LoopState
-from evomerge.evolution.operators import derive_seed
+from evomerge.evolution.operators import apply_genome_mutation_, derive_seed
 from evomerge.evolution.pool import weights
 from evomerge.merge.combos import COMBO_LABELS
 from evomerge.run.context import RunContext, recipe_hash
@@ -189,6 +189,8 @@ class GenomeLoop:
             )
             parents = [*INPUT_IDS, *([BASE_ID] if genome.anchor == "ancestor" else [])]
             kind = "genome"
+        genome_json = json.loads(genome.to_json())
+        apply_genome_mutation_(weights(out), genome_json)
         self.state.combo_usage[genome.combo] += 1
         fallbacks = [
             {"stage": s.stage, "method": s.method, "reason": s.fallback}
@@ -205,7 +207,7 @@ class GenomeLoop:
             combo=genome.combo,
             merge_record={
                 "label": genome.combo,
-                "genome": json.loads(genome.to_json()),
+                "genome": genome_json,
                 "config_yaml": result.config_yaml,
                 "resolved_slices": result.resolved_slices,
                 "fallbacks": fallbacks,

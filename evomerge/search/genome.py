@@ -17,7 +17,7 @@ get a group of their own, the last one (its filter list is empty: it is the
 default entry, and every layer group is written filtered) — the embeddings of
 three fine-tunes often want a different mix than any decoder layer.
 
-Two genes are not method parameters. ``anchor: ancestor`` makes the stage-1
+Two genes are not method parameters (and ``mutation``, the seed's noise, is not a merge). ``anchor: ancestor`` makes the stage-1
 weights task-arithmetic coefficients against the inputs' common ancestor B:
 stage 1 is written as ``linear`` over the inputs *and* B, B weighted
 ``1 − Σ w_i`` per group, so it is ``B + Σ w_i (M_i − B)`` — free to scale a
@@ -52,11 +52,16 @@ class GenomeError(ValueError):
 
 
 class Mutation(BaseModel):
-    """The seed's weight-noise operator as a gene: carried here, applied by the caller."""
+    """The seed's weight-noise operator as a gene: keyed Gaussian noise added after the merge
+    (:func:`evomerge.evolution.operators.mutate_`, the seed loop's own operator), so a
+    seed-loop child is expressible as a genome. The genome loop applies it and
+    ``lineage rebuild`` re-draws it from the genome its lineage node records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     seed: int
     sigma: float = Field(ge=0.0)
+    rate: float = Field(0.01, gt=0.0, le=1.0)
+    mode: Literal["absolute", "relative"] = "relative"
 
 
 class Genome(BaseModel):
