@@ -244,3 +244,26 @@ def test_mutation_gene_is_the_seed_operator_and_lineage_replays_it(
     parents = [fam.build(m) for m in fam.models] + [fam.build(fam.base)]
     out = replay_node(MergeEngine(), node, parents, parents[:3], fam.build())
     assert _equal({k: v for k, v in weights(out).items() if k in mutated}, mutated)
+
+
+def test_pass_through_stages_are_dropped_with_the_same_tensors(
+    inputs: InputSet, filters: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cmaes's default genome (stage 2 λ = 0, stage 3 all from stage 2) merges as stage 1
+    alone: bit-identical to running the three stages, one YAML document."""
+    from evomerge.search import genome as genome_module
+
+    genes = {f"stage1.weight.{i}": (0.7 - 0.2 * i, 0.1 + 0.3 * i) for i in range(3)}
+    genes |= {"stage2.lambda": (0.0, 0.0), "stage3.source": (0.0, 0.0)}
+    genome = Genome(combo="000", layer_groups=2, genes=genes, anchor="ancestor")
+    short = _config(genome, inputs, filters)
+    assert len(short.stages) == 1 and short.stages[0].name is None
+    with monkeypatch.context() as m:
+        m.setattr(genome_module, "_without_pass_through_stages", lambda config, registry: config)
+        full = _config(genome, inputs, filters)
+    assert len(full.stages) == 3
+    assert _equal(_run(short, inputs), _run(full, inputs))
+    # λ ≠ 0 in one group, or one group's layers from an input: all three stages stay
+    for gene, values in (("stage2.lambda", (0.0, 0.5)), ("stage3.source", (0.0, 2.0))):
+        kept = genome.model_copy(update={"genes": {**genes, gene: values}})
+        assert len(_config(kept, inputs, filters).stages) == 3

@@ -238,7 +238,41 @@ def genome_config(
         config.validate_methods(registry, source="genome")
     except MergeConfigError as exc:
         raise GenomeError(str(exc)) from None
-    return config
+    return _without_pass_through_stages(config, registry)
+
+
+def _all_zero(value: Any) -> bool:
+    """A parameter value (scalar or mergekit conditional list) that is exactly 0 everywhere."""
+    if isinstance(value, list):
+        return bool(value) and all(float(entry["value"]) == 0.0 for entry in value)
+    return value is not None and float(value) == 0.0
+
+
+def _without_pass_through_stages(config: ComboConfig, registry: MethodRegistry) -> ComboConfig:
+    """Stage 1 alone when stages 2 and 3 only pass it through (``cmaes``'s default genome).
+
+    A task-arithmetic stage 2 with λ = 0 everywhere is its reference or anchor, stage 1,
+    exactly (``S1 + 0·merge``); a ``passthrough`` stage 3 whose every slice is stage 2 is
+    stage 2. Dropping them gives the same tensors from one stage instead of three — no
+    intermediate state dicts (two model copies less while merging), a third of the
+    merge time, and a one-document mergekit YAML.
+    """
+    from evomerge.merge.base import TaskArithmeticMethod
+
+    if len(config.stages) != 3:
+        return config
+    first, second, third = config.stages
+    if not isinstance(registry.resolve(second.merge_method).method, TaskArithmeticMethod):
+        return config
+    if not _all_zero(second.parameters.get("lambda")):
+        return config
+    if third.merge_method != "passthrough" or not third.slices:
+        return config
+    if any(s.model != second.name for s in third.slices):
+        return config
+    only = first.model_copy(update={"name": None})
+    comment = f"{config.comment or 'evomerge genome'} (stages 2 and 3 pass stage 1 through)"
+    return ComboConfig(stages=[only], comment=comment)
 
 
 def _anchor_stage1(
