@@ -11,8 +11,9 @@ selected on, and the best there is crowned (docs/search.md "Honest
 selection"). The test split is never touched here.
 
 Only the candidates being scored are resident (``IN_FLIGHT`` per process,
-beside the inputs and their ancestor), and the checkpoint is JSON: the strategy's state, the scored genomes
-and the run state, a few KB per generation; resume re-merges what it needs.
+beside the inputs and their ancestor), and the checkpoint is JSON: the
+strategy's state, the scored genomes and the run state, a few KB per
+generation; resume re-merges what it needs.
 """
 
 from __future__ import annotations

@@ -17,16 +17,17 @@ get a group of their own, the last one (its filter list is empty: it is the
 default entry, and every layer group is written filtered) — the embeddings of
 three fine-tunes often want a different mix than any decoder layer.
 
-Two genes are not method parameters (and ``mutation``, the seed's noise, is not a merge). ``anchor: ancestor`` makes the stage-1
-weights task-arithmetic coefficients against the inputs' common ancestor B:
-stage 1 is written as ``linear`` over the inputs *and* B, B weighted
-``1 − Σ w_i`` per group, so it is ``B + Σ w_i (M_i − B)`` — free to scale a
-layer's fine-tuning up or down, which a convex mix of the inputs cannot
-(docs/search.md "Genes"). ``stage3.source`` picks, per layer group, which of
-the selection stage's sources ``[stage2, M1, M2, M3]`` the layers come from
-(``floor(value)``); it applies where stage 3 is a layer-selecting method
-(FrankenMerge) and is written as mergekit ``passthrough`` slices, so nothing
-is calibrated; 0 everywhere is stage 2 itself.
+Two genes are not method parameters (and ``mutation``, the seed's noise, is
+not a merge). ``anchor: ancestor`` makes the stage-1 weights task-arithmetic
+coefficients against the inputs' common ancestor B: stage 1 is written as
+``linear`` over the inputs *and* B, B weighted ``1 − Σ w_i`` per group, so it
+is ``B + Σ w_i (M_i − B)`` — free to scale a layer's fine-tuning up or down,
+which a convex mix of the inputs cannot (docs/search.md "Genes").
+``stage3.source`` picks, per layer group, which of the selection stage's
+sources ``[stage2, M1, M2, M3]`` the layers come from (``floor(value)``); it
+applies where stage 3 is a layer-selecting method (FrankenMerge) and is
+written as mergekit ``passthrough`` slices, so nothing is calibrated; 0
+everywhere is stage 2 itself.
 """
 
 from __future__ import annotations
