@@ -20,13 +20,11 @@ import argparse
 import copy
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from recipe_subprocess import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
@@ -97,16 +95,7 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"{name}-s{seed}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "evomerge", "recipe", "run", str(path), "--overwrite", "--quiet"],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"{name} seed {seed}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    result = json.loads((out / "result.json").read_text())
+    result, wall = run_recipe(path, out, f"{name} seed {seed}")
     search = result.get("search") or {}
     evals = search.get("evaluations")
     if evals is None:  # the seed loop: 8 per generation, generation 0 included

@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from recipe_subprocess import run_recipe
 
 WORK = Path(tempfile.gettempdir()) / "scale_bench"
 
@@ -167,16 +166,7 @@ def main() -> None:
     input_bytes = sum((d / "model.safetensors").stat().st_size for d in [*models, base])
     out = WORK / "run"
     path = recipe(models, base, out, args)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "evomerge", "recipe", "run", str(path), "--overwrite", "--quiet"],
-        capture_output=True,
-        text=True,
-    )
-    run_s = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"recipe run: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    result = json.loads((out / "result.json").read_text())
+    result, run_s = run_recipe(path, out, "recipe run")
     gens = [json.loads(line) for line in (out / "evolution.jsonl").read_text().splitlines()]
     searched = [g["seconds"] for g in gens if g["generation"] > 0]
     per_candidate = sum(searched) / (len(searched) * args.popsize)
