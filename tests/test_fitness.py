@@ -262,6 +262,47 @@ def test_plugin_term_is_weighted_into_the_total(harness: FitnessHarness, trained
     assert "narrative_acc_norm" not in registered_fitness_terms()
 
 
+def test_recipe_task_metric_is_its_own_term_outside_the_pooled_accuracy(
+    task_dir: Path, tokenizer, trained
+) -> None:
+    """``task_metrics``: the user's task weighs in by name, on ``task`` in the search and
+    ``test_task`` in the held-out report, and stays out of the pooled ``accuracy``."""
+    from evomerge.fitness.config import TaskMetric
+
+    own = TaskMetric(
+        name="narrative_mc",
+        task=cloze_task_name("narrative", "fitness"),
+        test_task=cloze_task_name("narrative", "test"),
+    )
+    weights = {"perplexity": 0.4, "accuracy": 0.3, "narrative_mc": 0.5}
+    config = FitnessConfig(
+        normalize="none", weights=weights, task_metrics=[own], max_items=N_ITEMS, time_repeats=1
+    )
+    assert config.metric_tasks("fitness") == [own.task]
+    assert config.metric_tasks("test") == [own.test_task]
+    for split, task in (("fitness", own.task), ("test", own.test_task)):
+        suite = suite_for(task_dir, split=split, extra_tasks=config.metric_tasks(split))
+        harness = FitnessHarness.build(
+            suite, tokenizer, "cpu", config=config, model_config=trained.config
+        )
+        m = harness.measure(trained, cost=False)
+        score = CompositeFitness(config).score(m)
+        assert score.raw["narrative_mc"] == m.tasks[task]["acc"]
+        others = [cloze_task_name(d, split) for d in ("technical", "dialogue")]
+        assert m.accuracy == pytest.approx(sum(m.tasks[t]["acc"] for t in others) / 2)
+        assert score.total == pytest.approx(
+            0.4 / m.perplexity + 0.3 * m.accuracy + 0.5 * m.tasks[task]["acc"]
+        )
+    with pytest.raises(ValueError, match="task and test_task are both"):
+        TaskMetric(name="x", task=own.task, test_task=own.task)
+    with pytest.raises(ValueError, match="name 'narrative_mc' is used twice"):
+        FitnessConfig(task_metrics=[own, own], weights=weights)
+    with pytest.raises(ValueError, match="does not know whether a higher 'score' is better"):
+        CompositeFitness(
+            config.model_copy(update={"task_metrics": [own.model_copy(update={"metric": "score"})]})
+        )
+
+
 def test_config_yaml_round_trip_and_validation(tmp_path: Path) -> None:
     config = FitnessConfig(weights={"perplexity": 1.0}, task_dirs=[tmp_path], max_items=None)
     assert FitnessConfig.from_yaml(config.to_yaml()) == config

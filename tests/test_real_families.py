@@ -311,3 +311,41 @@ def test_genome_search_on_tied_qwen2_finetunes_reports_the_loop_gain(
     assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow  # generation 0 + 1 CMA-ES generation of 4 on a real family
+def test_local_finetunes_recipe_weighs_the_users_own_task(
+    real_family, data_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 item 4: recipes/local-finetunes.yaml as shipped (paths swapped for a local
+    llama family, sizes shrunk) scores the user's lm-eval task as the weighted term `mcq`:
+    its `task` during the search, its `test_task` alone in the held-out report, and keeps
+    both out of the pooled demo accuracy."""
+    import os
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # lm-eval resolves the example task's data_files against the cwd
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    family = real_family("llama")
+    data = yaml.safe_load((root / "recipes" / "local-finetunes.yaml").read_text())
+    data["inputs"] = {"models": list(family.models), "base_model": family.base}
+    data["fitness"]["task_dirs"] = [str(root / "recipes" / "tasks")]
+    data["evolution"].update(generations=1, layer_groups=2, strategy_options={"popsize": 4})
+    data["evolution"]["selection"] = {"validation_items": 4, "top_k": 1}
+    small = {"max_items": 4, "report_max_items": 8, "time_repeats": 1, "time_seq_len": 32}
+    data["fitness"].update(small, calibration_sequences=2, calibration_seq_len=32)
+    data["tracking"] = {"wandb_mode": "disabled"}
+    data["output"] = str(tmp_path / "out")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["recipe", "run", str(path), "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert set(report["champion_terms"]) == {"perplexity", "accuracy", "mcq"}
+    assert set(report["champion_test_terms"]) == {"perplexity", "accuracy", "mcq"}
+    acc = report["champion_test_raw"]["mcq"]
+    assert 0.0 <= acc <= 1.0 and acc * 20 == pytest.approx(round(acc * 20))  # 20 test items
+    assert report["inputs"]["test_terms"][0]["mcq"] > 0  # the inputs' own, normalised
+    assert report["search"]["strategy"] == "cmaes"

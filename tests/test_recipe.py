@@ -303,6 +303,51 @@ def test_tasks_of_task_dirs_are_known_without_lm_eval(tmp_path: Path) -> None:
     ]
 
 
+def test_task_metrics_name_their_tasks_weights_and_data_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task metric's tasks must be defined in task_dirs, its data files readable from the
+    working directory (lm-eval's rule), and its name weighted and not a registered term."""
+    monkeypatch.chdir(tmp_path)
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    for name in ("mine", "mine_test"):
+        (tasks / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: data/{name}.jsonl\n"
+        )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.jsonl").write_text("{}\n")
+
+    def recipe(metric: str, weights: str = "{perplexity: 1.0, own: 0.5}") -> Path:
+        text = MODELS3 + f"fitness:\n  task_dirs: [my_tasks]\n  weights: {weights}\n"
+        return _write(tmp_path, text + f"  task_metrics:\n    - {metric}\n")
+
+    missing = recipe("{name: own, task: mine, test_task: mine_test}")
+    assert _error(missing) == (
+        f"{missing}:7: fitness.task_metrics.0.test_task: {tasks / 'mine_test.yaml'}: "
+        "dataset_kwargs.data_files: data/mine_test.jsonl not found (relative to the working "
+        f"directory {tmp_path}, as lm-eval reads it)"
+    )
+    (tmp_path / "data" / "mine_test.jsonl").write_text("{}\n")
+    assert load_recipe(missing).fitness.task_metrics[0].metric == "acc"
+    unknown = recipe("{name: own, task: mine, test_task: yours}")
+    assert _error(unknown) == (
+        f"{unknown}:7: fitness.task_metrics.0.test_task: unknown task 'yours': not defined in "
+        f"{tasks}"
+    )
+    unweighted = recipe("{name: own, task: mine, test_task: mine_test}", "{perplexity: 1.0}")
+    assert _error(unweighted).endswith(
+        "fitness.task_metrics.0.name: 'own' has no weight; add it to fitness.weights"
+    )
+    taken = recipe("{name: accuracy, task: mine, test_task: mine_test}", "{accuracy: 1.0}")
+    assert _error(taken).endswith(
+        "'accuracy' is already a registered fitness term; pick another name"
+    )
+    same = recipe("{name: own, task: mine, test_task: mine}")
+    assert "task and test_task are both 'mine'" in _error(same)
+
+
 def test_a_default_that_does_not_resolve_says_so(tmp_path: Path) -> None:
     """No `combos:` in the file: the error points at the file and says the default is at fault."""
     from evomerge.evolution.recipe import _check_names

@@ -49,7 +49,7 @@ def _tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
 def _model(seed: int, **overrides: int) -> PreTrainedModel:
     arch = get_architecture(ARCH)
     torch.manual_seed(seed)
-    return arch.model_class(arch.config("tiny", vocab_size=320, **overrides))
+    return arch.model_class(arch.config("tiny", **{"vocab_size": 320, **overrides}))
 
 
 def _specialists(base: PreTrainedModel, n: int = 3) -> list[dict[str, torch.Tensor]]:
@@ -266,17 +266,70 @@ def test_tied_weight_saved_twice_counts_once(dirs: list[Path], family: Family) -
     assert _validate(dirs).param_count == family.params
 
 
-def test_shape_mismatch(dirs: list[Path], family: Family) -> None:
-    wider = _model(0, intermediate_size=256)
+@pytest.mark.parametrize(
+    ("key", "value"), [("intermediate_size", 256), ("num_hidden_layers", 3), ("vocab_size", 288)]
+)
+def test_structure_mismatch_names_the_config_key(
+    dirs: list[Path], family: Family, key: str, value: int
+) -> None:
+    """Another width, layer count or vocabulary: the differing config key is named, not the
+    first tensor it happens to break."""
+    other = _model(0, **{key: value})
     shutil.rmtree(dirs[1])
-    _save(wider, None, family.tokenizer, dirs[1])
+    _save(other, None, family.tokenizer, dirs[1])
+    ours = json.loads((dirs[0] / "config.json").read_text())[key]
     with pytest.raises(InputValidationError) as info:
         _validate(dirs)
-    msg = str(info.value)
-    assert msg.startswith(
-        f"{dirs[1]}: shape: tensor 'model.layers.0.mlp.down_proj.weight' is [128, 256]"
+    assert str(info.value) == (
+        f"{dirs[1]}/config.json: {key}: is {value}, {dirs[0]} has {ours}; cannot merge"
     )
-    assert f"{dirs[0]} has [128, 384]" in msg
+
+
+def test_tensor_shape_mismatch_under_one_config(dirs: list[Path]) -> None:
+    """Same config, a tensor of another shape in the file: named with both shapes."""
+    path = dirs[1] / "model.safetensors"
+    tensors = load_file(path)
+    name = "model.layers.0.mlp.down_proj.weight"
+    tensors[name] = tensors[name][:, :-1].contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(InputValidationError) as info:
+        _validate(dirs)
+    rows, cols = load_file(dirs[0] / "model.safetensors")[name].shape
+    assert str(info.value).startswith(f"{dirs[1]}: shape: tensor '{name}' is [{rows}, {cols - 1}]")
+    assert f"{dirs[0]} has [{rows}, {cols}]" in str(info.value)
+
+
+def test_missing_shard(dirs: list[Path]) -> None:
+    model = _model(0)
+    model.load_state_dict(load_file(dirs[0] / "model.safetensors"), strict=False)
+    model.save_pretrained(dirs[0], max_shard_size="400KB")
+    (dirs[0] / "model.safetensors").unlink()
+    shard = sorted(dirs[0].glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(InputValidationError) as info:
+        _validate(dirs)
+    assert str(info.value) == (
+        f"{dirs[0] / 'model.safetensors.index.json'}: weights: shard {shard.name} is missing"
+    )
+
+
+def test_remote_code_is_refused_not_run(dirs: list[Path]) -> None:
+    """A model_type only the model's own code defines: refused by name, nothing imported."""
+    for d in dirs:
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(
+            model_type="my_remote_lm",
+            auto_map={"AutoModelForCausalLM": "modeling_my.MyForCausalLM"},
+        )
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "modeling_my.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(InputValidationError) as info:
+        validate_inputs(dirs, architecture=None, expected_params=None)
+    assert str(info.value) == (
+        f"{dirs[0]}/config.json: trust_remote_code: model_type 'my_remote_lm' is the model's "
+        "own code (auto_map: modeling_my.MyForCausalLM); evomerge never runs remote code: "
+        "register the architecture with a plugin (docs/plugins.md)"
+    )
 
 
 def test_nan_in_an_input(dirs: list[Path]) -> None:

@@ -98,8 +98,9 @@ def eval_command(
                 write_tasks(layout, Path(tmp), domains=cfg.domains, splits=[split]),
                 *cfg.task_dirs,
             ]
+        chosen = tuple(names or generated_task_names(cfg.domains, split))
         suite = TaskSuite(
-            names=tuple(names or generated_task_names(cfg.domains, split)),
+            names=chosen + tuple(t for t in cfg.metric_tasks(split) if t not in chosen),
             include_paths=tuple(Path(p).resolve() for p in include),
             split=split,
         )

@@ -102,13 +102,31 @@ def _with_seed(method: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
     """Each ``fitness.weights`` key is a term some plugin registers."""
-    from evomerge.fitness.terms import UnknownFitnessTermError, get_fitness_term
+    from evomerge.fitness.terms import (
+        UnknownFitnessTermError,
+        get_fitness_term,
+        registered_fitness_terms,
+    )
 
     for name in recipe.fitness.weights:
         try:
-            get_fitness_term(name)
+            get_fitness_term(name, recipe.fitness)
         except UnknownFitnessTermError as exc:
             yield ("fitness", "weights", name), str(exc)
+        except ValueError as exc:  # a task metric lm-eval cannot orient
+            yield ("fitness", "weights", name), str(exc)
+    registered = set(registered_fitness_terms())
+    for i, spec in enumerate(recipe.fitness.task_metrics):
+        if spec.name in registered:
+            yield (
+                ("fitness", "task_metrics", i, "name"),
+                f"{spec.name!r} is already a registered fitness term; pick another name",
+            )
+        elif spec.name not in recipe.fitness.weights:
+            yield (
+                ("fitness", "task_metrics", i, "name"),
+                f"{spec.name!r} has no weight; add it to fitness.weights",
+            )
 
 
 def _domain_problems(recipe: Recipe) -> Iterator[Problem]:
@@ -135,6 +153,20 @@ def _task_problems(recipe: Recipe) -> Iterator[Problem]:
         if not Path(folder).is_dir():
             yield ("fitness", "task_dirs", i), f"{folder}: not a directory"
             return
+    own: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder in dirs:
+        own.update(task_files_in(Path(folder)))
+    for i, spec in enumerate(recipe.fitness.task_metrics):
+        for key in ("task", "test_task"):
+            name = getattr(spec, key)
+            if name not in own:
+                where = ", ".join(map(str, dirs)) or "no fitness.task_dirs"
+                yield (
+                    ("fitness", "task_metrics", i, key),
+                    f"unknown task {name!r}: not defined in {where}",
+                )
+            elif problem := missing_data_files(*own[name]):
+                yield ("fitness", "task_metrics", i, key), problem
     if recipe.fitness.tasks is None:
         return
     known: set[str] = set()
@@ -160,9 +192,9 @@ class _TolerantLoader(yaml.SafeLoader):
 _TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def task_names_in(folder: Path) -> set[str]:
-    """The task, group and tag names the lm-eval YAMLs under ``folder`` define (as lm-eval indexes)."""
-    names: set[str] = set()
+def task_files_in(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Each task, group and tag name the lm-eval YAMLs under ``folder`` define -> (file, YAML)."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in sorted(folder.rglob("*.yaml")):
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506
@@ -173,8 +205,35 @@ def task_names_in(folder: Path) -> set[str]:
         for key in ("task", "group", "tag"):
             value = data.get(key)
             values = value if isinstance(value, list) else [value]
-            names.update(v for v in values if isinstance(v, str))
-    return names
+            found.update((v, (path, data)) for v in values if isinstance(v, str))
+    return found
+
+
+def task_names_in(folder: Path) -> set[str]:
+    """The task, group and tag names the lm-eval YAMLs under ``folder`` define (as lm-eval indexes)."""
+    return set(task_files_in(folder))
+
+
+def missing_data_files(yaml_file: Path, task: dict[str, Any]) -> str | None:
+    """Why a task's local ``dataset_kwargs.data_files`` cannot be read, or None.
+
+    lm-eval hands relative paths to ``datasets``, which resolves them against the
+    working directory, not the YAML's folder: the check says so, rather than
+    letting ``datasets`` fail deep inside the first fitness measurement.
+    """
+    kwargs = task.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    values = files.values() if isinstance(files, dict) else [files]
+    for value in values:
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and "://" not in name and not Path(name).exists():
+                where = (
+                    ""
+                    if Path(name).is_absolute()
+                    else f" (relative to the working directory {Path.cwd()}, as lm-eval reads it)"
+                )
+                return f"{yaml_file}: dataset_kwargs.data_files: {name} not found{where}"
+    return None
 
 
 def _strategy_problems(recipe: Recipe) -> Iterator[Problem]:

@@ -237,7 +237,39 @@ def _check_files(
     try:
         return get_architecture(architecture)
     except UnknownArchitectureError as exc:
+        auto_map = read_config(paths[0], None).get("auto_map")
+        if isinstance(auto_map, dict):
+            code = auto_map.get("AutoModelForCausalLM") or next(iter(auto_map.values()), "?")
+            raise fail(
+                paths[0] / CONFIG_FILE,
+                "trust_remote_code",
+                f"model_type {architecture!r} is the model's own code (auto_map: {code}); "
+                "evomerge never runs remote code: register the architecture with a plugin "
+                "(docs/plugins.md)",
+            ) from None
         raise InputValidationError(f"{paths[0]}: architecture: {exc}") from None
+
+
+#: config.json keys that change tensor shapes or the layer count: a difference is named, not
+#: left to surface as the first tensor whose shape or name differs.
+STRUCTURE_KEYS = (
+    "vocab_size",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+def _check_same_structure(ref: ModelFiles, other: ModelFiles) -> None:
+    for key in STRUCTURE_KEYS:
+        mine, theirs = other.config.get(key), ref.config.get(key)
+        if mine != theirs:
+            raise fail(
+                other.path / CONFIG_FILE, key, f"is {mine}, {ref.path} has {theirs}; cannot merge"
+            )
 
 
 def _check_tokenizers(models: Sequence[ModelFiles], base: ModelFiles | None) -> str:
@@ -327,11 +359,13 @@ def validate_inputs(
     models = [read_model(p, arch.model_type) for p in paths]
     groups = _check_fits_config(models[0], arch)
     for m in models[1:]:
+        _check_same_structure(models[0], m)
         _check_same_tensors(models[0], m)
         _check_fits_config(m, arch)
     base = None
     if base_path is not None:
         base = read_model(base_path, arch.model_type)
+        _check_same_structure(models[0], base)
         _check_same_tensors(models[0], base)
 
     tokenizer = _check_tokenizers(models, base)  # 3.

@@ -76,7 +76,9 @@ class CompositeFitness:
         #: The tolerance in use (``auto`` resolved by :meth:`from_inputs`).
         self.cost_tolerance = float(cost_tolerance)
         self.terms: list[tuple[FitnessTerm, float]] = [
-            (get_fitness_term(name), weight) for name, weight in config.weights.items() if weight
+            (get_fitness_term(name, config), weight)
+            for name, weight in config.weights.items()
+            if weight
         ]
         self.reference = reference
         if config.normalize == "inputs" and reference is None:

@@ -20,6 +20,38 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
+class TaskMetric(BaseModel):
+    """One metric of the user's own lm-eval task as a weighted fitness term.
+
+    Selection scores ``task`` (documents drawn from it for minibatches and the
+    validation sample); the held-out report scores ``test_task``, a second task
+    over documents the search never saw, so the report stays honest for the
+    user's term exactly as for the built-in ones (docs/fitness.md).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The term's name: its key in ``weights`` and in every score table.
+    name: str
+    #: lm-eval task scored during the search (from ``task_dirs``).
+    task: str
+    #: lm-eval task of held-out documents for the final report (never used for selection).
+    test_task: str
+    #: The lm-eval metric (as in the task's ``metric_list``, e.g. ``acc``, ``acc_norm``).
+    metric: str = "acc"
+    #: null: lm-eval's own rule for the metric (its ``higher_is_better`` registry).
+    higher_is_better: bool | None = None
+
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> TaskMetric:
+        if self.task == self.test_task:
+            raise ValueError(
+                f"task_metrics {self.name!r}: task and test_task are both {self.task!r}; "
+                "the held-out report needs documents the search never scored"
+            )
+        return self
+
+
 class FitnessConfig(BaseModel):
     """Composite fitness ``Σ weight·term`` and the measurements behind it.
 
@@ -38,6 +70,8 @@ class FitnessConfig(BaseModel):
     tasks: list[str] | None = None
     #: Extra lm-eval task directories (user tasks, e.g. for a plugin term).
     task_dirs: list[Path] = Field(default_factory=list)
+    #: The user's own task metrics as fitness terms (name them in ``weights``).
+    task_metrics: list[TaskMetric] = Field(default_factory=list)
     #: First N documents per task (lm-eval's `limit`), the evolution's subset; None = all.
     max_items: int | None = 200
     ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
@@ -82,7 +116,21 @@ class FitnessConfig(BaseModel):
             raise ValueError(f"max_items must be >= 1 or null, got {self.max_items}")
         if self.cost_tolerance != "auto" and not 0 <= self.cost_tolerance < 1:
             raise ValueError(f"cost_tolerance must be in [0, 1), got {self.cost_tolerance}")
+        names = [m.name for m in self.task_metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"task_metrics: name {twice[0]!r} is used twice")
         return self
+
+    def metric_tasks(self, split: str) -> list[str]:
+        """The user's task-metric tasks scored on ``split`` (``test``: their test tasks)."""
+        key = "test_task" if split == "test" else "task"
+        return list(dict.fromkeys(getattr(m, key) for m in self.task_metrics))
+
+    @property
+    def metric_task_names(self) -> set[str]:
+        """Every task a task metric names (kept out of the pooled perplexity and accuracy)."""
+        return {t for m in self.task_metrics for t in (m.task, m.test_task)}
 
     def to_yaml(self) -> str:
         """The config as YAML (paths as strings), loadable with :meth:`from_yaml`."""

@@ -206,6 +206,8 @@ class FitnessHarness:
                 for (metric, filt), values in raw.items()
             }
             n_items[name] = len(plan.docs)
+            if name in self.config.metric_task_names:
+                continue  # a task metric is its own term, not part of the pooled ones
             if plan.task.OUTPUT_TYPE == "loglikelihood_rolling":
                 ppl_items.extend(raw.get((self.config.ppl_metric, "none"), []))
             elif plan.task.OUTPUT_TYPE == "multiple_choice":

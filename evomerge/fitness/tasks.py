@@ -160,10 +160,15 @@ def suite_for(
     split: str = "fitness",
     tasks: Sequence[str] | None = None,
     extra_dirs: Sequence[Path] = (),
+    extra_tasks: Sequence[str] = (),
 ) -> TaskSuite:
-    """The suite of ``tasks`` (default: every generated task of ``domains`` and ``split``)."""
+    """The suite of ``tasks`` (default: every generated task of ``domains`` and ``split``).
+
+    ``extra_tasks`` (the recipe's task metrics for ``split``) join either set.
+    """
     if split not in EVAL_SPLITS:
         raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     names = tuple(tasks) if tasks else tuple(generated_task_names(domains, split))
+    names += tuple(t for t in extra_tasks if t not in names)
     paths = (Path(task_dir).resolve(), *(Path(p).resolve() for p in extra_dirs))
     return TaskSuite(names=names, include_paths=paths, split=split)

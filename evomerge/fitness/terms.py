@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import math
 
+from evomerge.fitness.config import FitnessConfig, TaskMetric
 from evomerge.fitness.measurements import Measurements
 from evomerge.registry import Registry, UnknownNameError
 
@@ -76,6 +77,35 @@ class TaskMetricTerm(FitnessTerm):
         return f"{self.metric} of lm-eval task {self.task}"
 
 
+class RecipeTaskMetricTerm(TaskMetricTerm):
+    """A recipe's ``fitness.task_metrics`` entry: its task on the fitness split, its test task held out."""
+
+    def __init__(self, spec: TaskMetric) -> None:
+        higher = spec.higher_is_better
+        if higher is None:
+            from lm_eval.api.registry import is_higher_better
+
+            higher = is_higher_better(spec.metric)
+        if higher is None:
+            raise ValueError(
+                f"task_metrics {spec.name!r}: lm-eval does not know whether a higher "
+                f"{spec.metric!r} is better; set higher_is_better"
+            )
+        super().__init__(spec.name, spec.task, spec.metric, higher_is_better=higher)
+        self.test_task = spec.test_task
+
+    def raw(self, measurements: Measurements) -> float:
+        # The held-out harness measures the test task instead; both never meet in one suite.
+        task = self.test_task if self.test_task in measurements.tasks else self.task
+        try:
+            return float(measurements.metric(task, self.metric))
+        except KeyError as exc:
+            raise KeyError(f"fitness term {self._name!r}: {exc.args[0]}") from None
+
+    def description(self) -> str:
+        return f"{self.metric} of lm-eval task {self.task} (held out: {self.test_task})"
+
+
 FITNESS_TERMS: Registry[FitnessTerm] = Registry(
     "fitness term",
     "evomerge_register_fitness_terms",
@@ -90,6 +120,18 @@ def registered_fitness_terms() -> dict[str, FitnessTerm]:
     return {name: entry.item for name, entry in FITNESS_TERMS.entries().items()}
 
 
-def get_fitness_term(name: str) -> FitnessTerm:
-    """The term registered as ``name``, or a clear error listing those that exist."""
-    return FITNESS_TERMS.get(name)
+def get_fitness_term(name: str, config: FitnessConfig | None = None) -> FitnessTerm:
+    """The term ``name``: the config's own task metric of that name, else a plugin's.
+
+    Unknown names are one clear error listing those that exist.
+    """
+    for spec in config.task_metrics if config is not None else ():
+        if spec.name == name:
+            return RecipeTaskMetricTerm(spec)
+    try:
+        return FITNESS_TERMS.get(name)
+    except UnknownFitnessTermError as exc:
+        if config is None or not config.task_metrics:
+            raise
+        own = ", ".join(m.name for m in config.task_metrics)
+        raise UnknownFitnessTermError(f"{exc.args[0]}; task_metrics: {own}") from None

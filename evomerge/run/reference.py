@@ -86,6 +86,7 @@ def fitness_suite(recipe: Recipe, task_dir: Path) -> Any:
         split="fitness",
         tasks=cfg.tasks,
         extra_dirs=cfg.task_dirs,
+        extra_tasks=cfg.metric_tasks("fitness"),
     )
 
 

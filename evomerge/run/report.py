@@ -76,7 +76,12 @@ def held_out_scorer(
 
     cfg = fitness_config(recipe, recipe.fitness.report_max_items)
     suite = suite_for(
-        task_dir, domains=recipe.fitness.domains, split="test", tasks=None, extra_dirs=cfg.task_dirs
+        task_dir,
+        domains=recipe.fitness.domains,
+        split="test",
+        tasks=None,
+        extra_dirs=cfg.task_dirs,
+        extra_tasks=cfg.metric_tasks("test"),
     )
     harness = FitnessHarness.build(suite, tokenizer, device, config=cfg, model_config=model_config)
     measured = [harness.measure(m) for m in inputs]
