@@ -189,6 +189,15 @@ def main() -> None:
         "peak_host_over_inputs_in_models": round(
             (resources["peak_host_bytes"] - input_bytes) / model_bytes, 2
         ),
+        # inputs + libraries + harness, scored once: everything resident before a candidate
+        "peak_host_bytes_before_search": resources["peak_host_bytes_before_search"],
+        "search_raised_peak_in_models": round(
+            (resources["peak_host_bytes"] - resources["peak_host_bytes_before_search"])
+            / model_bytes,
+            2,
+        ),
+        # one forward batch's fp32 logits (fitness.batch_tokens x vocab)
+        "eval_batch_logits_bytes": 8192 * args.vocab * 4,
         "peak_device_bytes": resources["peak_device_bytes"],
         "checkpoint_bytes_per_generation": resources["checkpoint_bytes_per_generation"],
         "test_improvement": result["test_improvement"],

@@ -23,9 +23,36 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def device_report(device: torch.device) -> dict[str, Any]:
-    """Which device ran the run and its allocator peak (the < 6 GB budget is per GPU)."""
+#: ``device.storage`` names -> torch dtypes.
+STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def storage_dtype(storage: str, model_config: Any) -> torch.dtype:
+    """The dtype models are held in: ``storage``, or for ``auto`` the inputs' own.
+
+    The inputs' own is their config's ``dtype`` (``torch_dtype`` before
+    transformers 5), which ``save_pretrained`` records; fp32 when unset, as
+    ``from_pretrained`` would load them without a ``dtype`` argument.
+    """
+    if storage != "auto":
+        return STORAGE_DTYPES[storage]
+    own = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None)
+    if isinstance(own, str):
+        own = getattr(torch, own.removeprefix("torch."), None)
+    if isinstance(own, torch.dtype) and own.is_floating_point:
+        return own
+    return torch.float32
+
+
+def device_report(device: torch.device, storage: torch.dtype | None = None) -> dict[str, Any]:
+    """Which device ran the run, the dtype models were held in, and its allocator peak."""
     report: dict[str, Any] = {"type": device.type, "torch": torch.__version__}
+    if storage is not None:
+        report["storage"] = str(storage).removeprefix("torch.")
     if device.type == "cuda":
         from evomerge.fitness.cost import process_peak_memory
 

@@ -153,6 +153,54 @@ def test_nan_stage_falls_back_to_linear_and_is_reported(tiny_llama_family, monke
         torch.testing.assert_close(stage2[key], sum(m[key] for m in models) / 3)
 
 
+@pytest.mark.parametrize("reference", ["stage1", "ancestor"])
+def test_streamed_chains_equal_stage_by_stage_merges(tiny_llama_family, reference) -> None:  # type: ignore[no-untyped-def]
+    """Without a stage cache, runs of tensor-wise stages go key by key (no intermediate
+    state dicts; frankenmerge starts from S2 already in the output): bit-identical results."""
+    family = tiny_llama_family
+    engine = MergeEngine(StageParams(reference=reference), calibration=family.calibration())
+    for label in COMBO_LABELS:
+        results = []
+        for stream in (True, False):
+            model, out = _model_and_out(family)
+            inputs = InputSet(family.models, base=family.base, cache=False)
+            config = engine.combo_config(label, inputs, seed=5)
+            result = engine.run_config(
+                config, inputs, out=out, scratch_model=model, label=label, stream=stream
+            )
+            streamed = [bool(log.details.get("streamed")) for log in result.stage_logs]
+            # dfs (label xx1) is tensor-wise: all three stages stream; frankenmerge does not.
+            want = [True, True, label[2] == "1"] if stream else [False] * 3
+            assert streamed == want, (label, stream)
+            results.append((result.config_yaml, {k: v.clone() for k, v in out.items()}))
+        (yaml_a, a), (yaml_b, b) = results
+        assert yaml_a == yaml_b, label  # same resolved slices for frankenmerge
+        for key in a:
+            assert torch.equal(a[key], b[key]), (label, key)
+
+
+def test_a_bad_streamed_stage_reruns_stage_by_stage(tiny_llama_family, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    dare = get_method("dare")
+    original = dare.merge_deltas  # type: ignore[union-attr]
+
+    def poisoned(deltas, *, weights, name, params):  # type: ignore[no-untyped-def]
+        merged = original(deltas, weights=weights, name=name, params=params)
+        if name.endswith("layers.1.mlp.up_proj.weight"):
+            merged[0, 0] = float("nan")
+        return merged
+
+    monkeypatch.setattr(dare, "merge_deltas", poisoned)
+    models = tiny_llama_family.models
+    out: dict[str, torch.Tensor] = {}
+    result = MergeEngine().merge_combo("001", InputSet(models, cache=False), out=out, seed=0)
+    assert result.fallbacks == ["stage 2 (dare): NaN/Inf in 'model.layers.1.mlp.up_proj.weight'"]
+    assert not any(log.details.get("streamed") for log in result.stage_logs)
+    cached: dict[str, torch.Tensor] = {}
+    MergeEngine().merge_combo("001", InputSet(models), out=cached, seed=0)
+    for key in out:
+        assert torch.equal(out[key], cached[key]), key
+
+
 def test_bad_inputs_are_clear_errors(tiny_llama_family) -> None:  # type: ignore[no-untyped-def]
     models = tiny_llama_family.models
     short = dict(models[1])

@@ -349,3 +349,50 @@ def test_local_finetunes_recipe_weighs_the_users_own_task(
     assert 0.0 <= acc <= 1.0 and acc * 20 == pytest.approx(round(acc * 20))  # 20 test items
     assert report["inputs"]["test_terms"][0]["mcq"] > 0  # the inputs' own, normalised
     assert report["search"]["strategy"] == "cmaes"
+
+
+@pytest.mark.slow  # generation 0 + 1 CMA-ES generation of 4, inputs in bf16
+def test_bf16_inputs_are_held_and_saved_in_bf16(
+    real_family, data_cache_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 item 2: `device.storage: auto` holds bf16 inputs and every candidate in bf16
+    (merging math in fp32 per tensor), saves a bf16 champion, and `lineage rebuild` replays
+    it bit-identically in the same dtype."""
+    import os
+
+    import yaml
+
+    from evomerge.evolution.rebuild import rebuild_champion
+
+    os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
+    family = real_family("qwen2")
+    bf16 = {}
+    for name, src in [("base", family.base), *zip(("m1", "m2", "m3"), family.models, strict=True)]:
+        model = _load(src).to(torch.bfloat16)
+        dest = tmp_path / "bf16" / name
+        model.save_pretrained(dest)
+        for f in (*TOKENIZER_FILES, "generation_config.json"):
+            (dest / f).write_bytes((Path(src) / f).read_bytes())
+        bf16[name] = str(dest)
+    path = _recipe_file(family, tmp_path, None)
+    data = yaml.safe_load(path.read_text())
+    data["inputs"] = {"models": [bf16["m1"], bf16["m2"], bf16["m3"]], "base_model": bf16["base"]}
+    data["evolution"] = {
+        "strategy": "cmaes",
+        "generations": 1,
+        "layer_groups": 2,
+        "strategy_options": {"popsize": 4},
+        "selection": {"validation_items": 4, "top_k": 1},
+        "seed": 0,
+    }
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["recipe", "run", str(path), "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    out = tmp_path / "out"
+    report = json.loads((out / "result.json").read_text())
+    assert report["device"]["storage"] == "bfloat16"
+    saved = load_file(out / "champion" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    assert all(torch.isfinite(t.float()).all() for t in saved.values())
+    rebuilt, comparison = rebuild_champion(out / "result.json")
+    assert rebuilt.dtype == torch.bfloat16 and comparison["bit_identical"], comparison

@@ -22,9 +22,16 @@ class PoolExhaustedError(RuntimeError):
 class ModelPool:
     """Hands out model instances up to ``capacity`` and recycles released ones."""
 
-    def __init__(self, factory: Callable[[], PreTrainedModel], capacity: int = 12) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], PreTrainedModel],
+        capacity: int = 12,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self._factory = factory
         self.capacity = capacity
+        #: The storage dtype every model the factory builds is held in.
+        self.dtype = dtype
         self._free: list[PreTrainedModel] = []
         self._live: set[int] = set()
         self.allocated = 0

@@ -77,8 +77,10 @@ def rebuild_champion(
     if not nodes:
         raise ValueError(f"{result_path}: champion_lineage is empty")
     dev = torch.device(device)
+    # The dtype the run held every model in (runs before device.storage: fp32).
+    dtype = getattr(torch, result.get("device", {}).get("storage", "float32"))
     inputs = [
-        AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+        AutoModelForCausalLM.from_pretrained(p, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
         for p in result["inputs"]["models"]
     ]
     built: dict[str, PreTrainedModel] = dict(zip(INPUT_IDS, inputs, strict=True))
@@ -87,13 +89,13 @@ def rebuild_champion(
         if not base:
             raise ValueError(f"{result_path}: the champion needs the inputs' base model")
         built[BASE_ID] = (
-            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+            AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
         )
     pending = Counter(p for n in nodes for p in n.parents)  # children still to build, per parent
     engine = MergeEngine()
     template = inputs[0]
     for node in nodes:
-        out = type(template)(template.config).to(dev).eval()
+        out = type(template)(template.config).to(device=dev, dtype=dtype).eval()
         built[node.id] = replay_node(engine, node, [built[p] for p in node.parents], inputs, out)
         for parent in node.parents:
             pending[parent] -= 1
@@ -111,8 +113,11 @@ def _compare_with_saved(
 
     comparison: dict[str, Any] = {"nodes": nodes}
     if (saved_dir / "config.json").exists():
-        saved = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32).to(dev)  # type: ignore[arg-type]
-        diffs = [float((a - weights(saved)[k]).abs().max()) for k, a in weights(champion).items()]
+        saved = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=champion.dtype).to(dev)  # type: ignore[arg-type]
+        diffs = [
+            float((a.float() - weights(saved)[k].float()).abs().max())
+            for k, a in weights(champion).items()
+        ]
         comparison.update(
             {
                 "saved": str(saved_dir),

@@ -203,7 +203,16 @@ class DeviceConfig(_Strict):
 
     device: str = Field("auto", description="auto (accelerate's choice), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="Merge and evaluation precision."
+        "fp32",
+        description="Evaluation precision: bf16 autocasts the fitness forwards.",
+    )
+    storage: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description=(
+            "dtype the inputs and every candidate are held (and the champion saved) in; "
+            "auto: the inputs' own (config.json `dtype`, fp32 when unset). Merging math runs "
+            "in fp32 per tensor either way."
+        ),
     )
 
 

@@ -290,6 +290,12 @@ class ModelMergeInfo:
 class ModelMergeMethod(MergeMethod):
     """Sees whole models at once (layer selection); may score candidates with a calibration callable."""
 
+    #: True when the method gives the same result if its first source *is* ``ctx.out``
+    #: (it never reads a first-source tensor after writing that tensor of the output): the
+    #: engine then streams the stages before it straight into the output instead of holding
+    #: their result as a whole extra state dict (evomerge/merge/streaming.py).
+    in_place_first_source: bool = False
+
     def parameters(self) -> list[MethodParameter]:
         return []
 

@@ -40,6 +40,7 @@ from evomerge.merge.stages import (
     run_tensorwise,
     run_whole_model,
 )
+from evomerge.merge.streaming import Chain, ChainNotFinite, plan_chains, run_chain
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -93,8 +94,14 @@ class MergeEngine:
         out: MutableMapping[str, torch.Tensor],
         scratch_model: PreTrainedModel | None = None,
         label: str | None = None,
+        stream: bool = True,
     ) -> ComboResult:
-        """Execute any multi-stage config whose models are ``inputs.names`` / earlier stage names."""
+        """Execute any multi-stage config whose models are ``inputs.names`` / earlier stage names.
+
+        Runs of tensor-wise stages are streamed key by key when the inputs keep no
+        stage cache (evomerge/merge/streaming.py): same numbers, no intermediate
+        state dicts. ``stream=False`` runs every stage whole (the guard's path).
+        """
         env: dict[str, Tensors] = inputs.lookup()
         keys: dict[str, str] = {name: f"input:{name}" for name in env}
         logs: list[StageLog] = []
@@ -102,21 +109,43 @@ class MergeEngine:
         slices_out: list[dict[str, Any]] | None = None
         last = len(config.stages) - 1
         for index, stage in enumerate(config.stages):
-            missing = [m for m in stage.input_names() if m not in env]
+            earlier = {s.name for s in config.stages[:index]}
+            missing = [m for m in stage.input_names() if m not in env and m not in earlier]
             if missing:
                 raise MergeConfigError(
                     f"stage {index + 1} refers to {missing[0]!r}, which is neither an input "
                     f"({', '.join(inputs.names)}) nor an earlier stage"
                 )
-            log, resolved = self._stage_into_env(
-                index, stage, env, keys, inputs, out if index == last else None, scratch_model
+        chains: dict[int, Chain] = {}
+        if stream and not inputs.cache:
+            methods = [stage_parameters(s, self.registry)[0].method for s in config.stages]
+            chains = {c.start: c for c in plan_chains(config, methods)}
+        index = 0
+        try:
+            while index <= last:
+                stage = config.stages[index]
+                chain = chains.get(index)
+                if chain is not None:
+                    chain_logs = self._run_chain(chain, config, env, keys, inputs, out)
+                    logs.extend(chain_logs)
+                    resolved_stages.extend(config.stages[chain.start : chain.end])
+                    index = chain.end
+                    continue
+                log, resolved = self._stage_into_env(
+                    index, stage, env, keys, inputs, out if index == last else None, scratch_model
+                )
+                logs.append(log)
+                resolved_stages.append(resolved)
+                if resolved.slices is not None and resolved is not stage:
+                    slices_out = [
+                        {"model": s.model, "layer_range": list(s.layer_range)}
+                        for s in resolved.slices
+                    ]
+                index += 1
+        except ChainNotFinite:
+            return self.run_config(
+                config, inputs, out=out, scratch_model=scratch_model, label=label, stream=False
             )
-            logs.append(log)
-            resolved_stages.append(resolved)
-            if resolved.slices is not None and resolved is not stage:
-                slices_out = [
-                    {"model": s.model, "layer_range": list(s.layer_range)} for s in resolved.slices
-                ]
         done = ComboConfig(stages=resolved_stages, comment=config.comment)
         if label is None:
             label = label_of(config, self.params, self.registry)
@@ -148,6 +177,46 @@ class MergeEngine:
             if inputs.cache:
                 inputs.stage_cache[key] = (dict(target), log)
         return log, resolved
+
+    def _run_chain(
+        self,
+        chain: Chain,
+        config: ComboConfig,
+        env: dict[str, Tensors],
+        keys: dict[str, str],
+        inputs: InputSet,
+        out: MutableMapping[str, torch.Tensor],
+    ) -> list[StageLog]:
+        """Stream stages ``chain.start .. chain.end - 1``; the last one's output lands in ``env``."""
+        calls, methods, logs = [], [], []
+        for index in range(chain.start, chain.end):
+            stage = config.stages[index]
+            resolved, params = stage_parameters(stage, self.registry)
+            last = index == chain.end - 1
+            target: MutableMapping[str, torch.Tensor] = out if last and chain.into_out else {}
+            call = StageCall(stage, params, env, keys, target, inputs, last and chain.into_out)
+            key = self._stage_key(stage, keys)
+            if stage.name:
+                env[stage.name], keys[stage.name] = target, key
+            calls.append(call)
+            methods.append(resolved.method)
+            logs.append(
+                StageLog(
+                    stage=index + 1,
+                    name=stage.name or "final",
+                    method=resolved.method.name(),
+                    merge_method=stage.merge_method,
+                    seconds=0.0,
+                )
+            )
+        run_chain(chain, calls, methods, logs, inputs)
+        target = calls[-1].target
+        fill_aliases(target, inputs, calls[-1].final)
+        try:
+            check_output(target, inputs)
+        except BadStage:
+            raise ChainNotFinite from None
+        return logs
 
     # -- one stage ------------------------------------------------------------
     def _run_stage(

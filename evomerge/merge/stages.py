@@ -56,21 +56,76 @@ class StageCall:
     final: bool
 
 
+class TensorStep:
+    """A tensor-wise stage ready to compute any one key: the engine's unit of work.
+
+    ``value(key)`` reads only that key of each source, so the engine can run a
+    whole stage key by key (:func:`run_tensorwise`, :func:`run_task_arithmetic`)
+    or chain several stages per key without holding any intermediate state dict
+    (:mod:`evomerge.merge.streaming`). Floating results come back in the compute
+    dtype (fp32); a non-floating tensor is its first source's, as is.
+    """
+
+    def __init__(self, method: TensorMergeMethod | TaskArithmeticMethod, call: StageCall) -> None:
+        self.method, self.call = method, call
+        stage = call.stage
+        self.weights = equal_weights(stage.weights(), len(stage.merged_models()))
+        self.per_tensor = any_conditional(call.params, self.weights)
+        self.sources = [call.env[m.model] for m in stage.merged_models()]
+        self.task_arithmetic = isinstance(method, TaskArithmeticMethod)
+        self.reference: Tensors | None = None
+        self.anchor: Tensors | None = None
+        self.cache: dict[str, list[torch.Tensor]] | None = None
+        if self.task_arithmetic:
+            assert stage.base_model is not None
+            self.reference = call.env[stage.base_model]
+            anchor_name = stage.anchor()
+            self.anchor = call.env[anchor_name] if anchor_name else None
+            self.cache = _delta_cache(call)
+
+    def _for(self, key: str) -> tuple[Any, Mapping[str, Any]]:
+        if self.per_tensor:
+            return for_tensor(self.weights, self.call.params, key)
+        return self.weights, self.call.params
+
+    def value(self, key: str) -> tuple[torch.Tensor, bool]:
+        """(this stage's tensor ``key``, whether it is floating point)."""
+        first = (self.reference if self.reference is not None else self.sources[0])[key]
+        if not first.is_floating_point():
+            return first, False
+        w, p = self._for(key)
+        if not self.task_arithmetic:
+            xs = [compute(s[key]) for s in self.sources]
+            return self.method.merge_tensors(xs, weights=w, name=key, params=p), True  # type: ignore[union-attr]
+        ref = compute(first)
+        deltas = self.cache.get(key) if self.cache is not None else None
+        if deltas is None:
+            deltas = [compute(s[key]) - ref for s in self.sources]
+            if self.cache is not None:
+                self.cache[key] = deltas
+        merged = apply_task_arithmetic(
+            self.method,  # type: ignore[arg-type]
+            ref,
+            deltas,
+            weights=w,
+            name=key,
+            params=p,
+            anchor=compute(self.anchor[key]) if self.anchor is not None else None,
+        )
+        return merged, True
+
+    def put(self, key: str, value: torch.Tensor, floating: bool) -> None:
+        """Store ``value`` in the stage's target (the inputs' dtype when it is the final output)."""
+        call = self.call
+        dtype = call.inputs.models[0][key].dtype if floating else None
+        put(call.target, key, value, call.final, dtype)
+
+
 def run_tensorwise(method: TensorMergeMethod, call: StageCall) -> None:
     """Merge tensor by tensor: ``method.merge_tensors`` over the same key of every source."""
-    inputs = call.inputs
-    sources = [call.env[m.model] for m in call.stage.merged_models()]
-    weights = equal_weights(call.stage.weights(), len(sources))
-    per_tensor = any_conditional(call.params, weights)  # per-layer-group values (genomes)
-    for key in inputs.keys:
-        first = sources[0][key]
-        if not first.is_floating_point():
-            put(call.target, key, first, call.final)
-            continue
-        xs = [compute(s[key]) for s in sources]
-        w, p = for_tensor(weights, call.params, key) if per_tensor else (weights, call.params)
-        merged = method.merge_tensors(xs, weights=w, name=key, params=p)
-        put(call.target, key, merged, call.final, inputs.models[0][key].dtype)
+    step = TensorStep(method, call)
+    for key in call.inputs.keys:
+        step.put(key, *step.value(key))
 
 
 def _delta_cache(call: StageCall) -> dict[str, list[torch.Tensor]] | None:
@@ -89,37 +144,9 @@ def _delta_cache(call: StageCall) -> dict[str, list[torch.Tensor]] | None:
 
 def run_task_arithmetic(method: TaskArithmeticMethod, call: StageCall) -> None:
     """Merge task vectors ``τ_i = x_i - base`` (computed once per reference and cached)."""
-    stage, inputs = call.stage, call.inputs
-    assert stage.base_model is not None
-    reference = call.env[stage.base_model]
-    anchor_name = stage.anchor()
-    anchor = call.env[anchor_name] if anchor_name else None
-    sources = [call.env[m.model] for m in stage.merged_models()]
-    weights = equal_weights(stage.weights(), len(sources))
-    cache = _delta_cache(call)
-    per_tensor = any_conditional(call.params, weights)
-    for key in inputs.keys:
-        ref = reference[key]
-        if not ref.is_floating_point():
-            put(call.target, key, ref, call.final)
-            continue
-        ref = compute(ref)
-        deltas = cache.get(key) if cache is not None else None
-        if deltas is None:
-            deltas = [compute(s[key]) - ref for s in sources]
-            if cache is not None:
-                cache[key] = deltas
-        w, p = for_tensor(weights, call.params, key) if per_tensor else (weights, call.params)
-        merged = apply_task_arithmetic(
-            method,
-            ref,
-            deltas,
-            weights=w,
-            name=key,
-            params=p,
-            anchor=compute(anchor[key]) if anchor is not None else None,
-        )
-        put(call.target, key, merged, call.final, inputs.models[0][key].dtype)
+    step = TensorStep(method, call)
+    for key in call.inputs.keys:
+        step.put(key, *step.value(key))
 
 
 def run_whole_model(

@@ -33,6 +33,9 @@ class RunContext:
     progress: bool
     log: Callable[[str], None]
     dist: Any  # accelerate's PartialState: which process this is, barriers
+    #: Peak host RSS when the search starts (inputs, libraries, harness, inputs scored):
+    #: result.json's resources say how far the search itself raised it.
+    peak_host_bytes_before_search: int | None = None
 
     @property
     def out(self) -> Path:

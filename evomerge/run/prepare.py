@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from evomerge.device import resolve_device
+from evomerge.device import resolve_device, storage_dtype
 from evomerge.evolution.checkpoint import Checkpoint
 from evomerge.evolution.pool import ModelPool, load_weights_, weights
 from evomerge.evolution.recipe import Recipe, RecipeError
@@ -74,12 +74,15 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def load_inputs(paths: Sequence[Path], pool: ModelPool) -> list[PreTrainedModel]:
-    """Each input's weights copied into a pool slot (so the inputs count against the bound)."""
+    """Each input's weights copied into a pool slot (so the inputs count against the bound).
+
+    Loaded in the pool's storage dtype, so no input is ever held in two precisions.
+    """
     from transformers import AutoModelForCausalLM
 
     models = []
     for path in paths:
-        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=pool.dtype)
         slot = pool.acquire()
         load_weights_(slot, {k: v for k, v in weights(loaded).items()})
         models.append(slot)
@@ -126,12 +129,13 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
     ctx.dist.wait_for_everyone()
     device = resolve_device(recipe.device.device)
+    dtype = storage_dtype(recipe.device.storage, config)
 
     def factory() -> PreTrainedModel:
         model = arch.model_class(config)
-        return model.to(device=device, dtype=torch.float32).eval()  # type: ignore[call-arg]
+        return model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
 
-    pool = ModelPool(factory, capacity=RESIDENT_LIMIT)
+    pool = ModelPool(factory, capacity=RESIDENT_LIMIT, dtype=dtype)
     inputs = load_inputs(paths, pool)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
     return PreparedInputs(

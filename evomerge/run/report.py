@@ -273,27 +273,35 @@ def build_result(
             "peak": prep.pool.peak_live,
             "allocated": prep.pool.allocated,
         },
-        "device": device_report(prep.device),
-        "resources": resources(prep.device, loop.checkpoint),
+        "device": device_report(prep.device, prep.pool.dtype),
+        "resources": resources(prep.device, loop.checkpoint, ctx.peak_host_bytes_before_search),
         "recipe": ctx.recipe.model_dump(mode="json"),
     }
 
 
-def resources(device: torch.device, checkpoint: Any) -> dict[str, int | None]:
-    """What the run cost: this process's peak host RSS and device allocation, and the most
-    bytes one generation's checkpoint wrote (KBs for genome strategies, weights for ``seed``)."""
+def peak_host_bytes() -> int:
+    """This process's peak resident set size so far, in bytes."""
     import resource
 
     # ru_maxrss is KiB on Linux (bytes on macOS)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_host = rss if sys.platform == "darwin" else rss * 1024
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def resources(
+    device: torch.device, checkpoint: Any, before_search: int | None = None
+) -> dict[str, int | None]:
+    """What the run cost: this process's peak host RSS (and before the search began: inputs,
+    libraries and harness), the device allocator's peak, and the most bytes one generation's
+    checkpoint wrote (KBs for genome strategies, weights for ``seed``)."""
     peak_device = None
     if device.type == "cuda":
         from evomerge.fitness.cost import process_peak_memory
 
         peak_device = process_peak_memory(device)
     return {
-        "peak_host_bytes": int(peak_host),
+        "peak_host_bytes": peak_host_bytes(),
+        "peak_host_bytes_before_search": before_search,
         "peak_device_bytes": peak_device,
         "checkpoint_bytes_per_generation": int(checkpoint.max_save_bytes),
     }

@@ -22,7 +22,7 @@ from evomerge.run.context import EXIT_BELOW_TARGET, EXIT_PASS, RunContext, RunOu
 from evomerge.run.evolve import evolve, merge_engine, on_generation, open_tracker
 from evomerge.run.prepare import prepare_inputs
 from evomerge.run.reference import reference_scores
-from evomerge.run.report import summary_line, write_report
+from evomerge.run.report import peak_host_bytes, summary_line, write_report
 
 #: result.json keys mirrored into the W&B run summary
 SUMMARY_KEYS = (
@@ -62,6 +62,7 @@ class Run:
         )
         prep = prepare_inputs(ctx)
         ref = reference_scores(ctx, prep)
+        ctx.peak_host_bytes_before_search = peak_host_bytes()
         engine = merge_engine(ctx.recipe, ref)
         display = GenerationDisplay(ctx.recipe.evolution.generations, enabled=ctx.show_progress)
         with open_tracker(ctx, ref) as tracker, display:

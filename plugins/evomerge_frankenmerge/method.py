@@ -61,7 +61,8 @@ def _copy_keys(
     dst: MutableMapping[str, torch.Tensor], src: Mapping[str, torch.Tensor], keys: Sequence[str]
 ) -> None:
     for key in keys:
-        dst[key].copy_(src[key])
+        if dst[key].data_ptr() != src[key].data_ptr():
+            dst[key].copy_(src[key])
 
 
 def _score(ctx: ModelMergeContext) -> float:
@@ -75,6 +76,9 @@ class Frankenmerge(ModelMergeMethod):
     """Greedy layer-wise selection among the stage's sources (first source = S2)."""
 
     stage = "selection"
+    # S2 may already be in place in the output (the engine streams stages 1-2 into it): a
+    # layer of S2 is backed up before other sources are tried over it.
+    in_place_first_source = True
 
     def name(self) -> str:
         return "frankenmerge"
@@ -106,6 +110,9 @@ class Frankenmerge(ModelMergeMethod):
         choice: list[str] = []
         losses: list[dict[str, float]] = []
         for _layer, layer_keys in layer_groups(keys).items():
+            first: Mapping[str, torch.Tensor] = sources[0]
+            if any(first[k].data_ptr() == state[k].data_ptr() for k in layer_keys):
+                first = {k: state[k].clone() for k in layer_keys}  # S2 is the output itself
             scores = {names[0]: current}
             best = 0
             for j in range(1, len(sources)):
@@ -113,7 +120,7 @@ class Frankenmerge(ModelMergeMethod):
                 scores[names[j]] = _score(ctx)
                 if scores[names[j]] < scores[names[best]]:
                     best = j
-            _copy_keys(state, sources[best], layer_keys)
+            _copy_keys(state, first if best == 0 else sources[best], layer_keys)
             current = scores[names[best]]
             choice.append(names[best])
             losses.append(scores)
