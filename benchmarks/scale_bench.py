@@ -104,7 +104,7 @@ def recipe(models: list[Path], base: Path, out: Path, args: argparse.Namespace) 
             "calibration_seq_len": 64,
         },
         "tracking": {"wandb_mode": "disabled"},
-        "device": {"device": args.device},
+        "device": {"device": args.device, "storage": args.storage},
         "output": str(out),
     }
     path = out.parent / "scale-bench.yaml"
@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--popsize", type=int, default=4)
     parser.add_argument("--items", type=int, default=8, help="documents per task")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--storage", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="device.storage"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -176,6 +179,7 @@ def main() -> None:
     row = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
         "device": args.device,
+        "storage": args.storage,
         "parameters": params,
         "generations": args.generations,
         "popsize": args.popsize,

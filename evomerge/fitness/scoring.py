@@ -23,6 +23,8 @@ import torch
 DEFAULT_BATCH_TOKENS = 8192
 #: Largest fraction of a batch row that may be padding (rows are sorted by length).
 MAX_PADDING = 0.125
+#: Scored positions' logits gathered (in fp32) per step: 2^22 elements = 16 MiB.
+_SCORE_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,15 @@ class PackedRequests:
                 logits = model(input_ids=batch.input_ids, **kwargs).logits  # (B, K|P, V)
             if logits.shape[1] != batch.keep:
                 logits = logits[:, -batch.keep :]
-            picked = logits[batch.rows, batch.cols].float()  # (N, V)
-            token_ll = picked.gather(1, batch.targets[:, None]).squeeze(1) - picked.logsumexp(-1)
-            total.index_add_(0, batch.owner, token_ll.double())
-            misses.index_add_(0, batch.owner, (picked.argmax(-1) != batch.targets).long())
+            # The scored positions' log-softmax, a slice of rows at a time: gathering all N
+            # rows at once would hold two more logits-sized tensors (the copy, logsumexp's
+            # temporary) beside the logits at the run's memory peak.
+            step = max(1, _SCORE_ELEMENTS // logits.shape[-1])
+            for i in range(0, batch.rows.numel(), step):
+                rows, targets = batch.rows[i : i + step], batch.targets[i : i + step]
+                picked = logits[rows, batch.cols[i : i + step]].float()  # (n, V)
+                token_ll = picked.gather(1, targets[:, None]).squeeze(1) - picked.logsumexp(-1)
+                owner = batch.owner[i : i + step]
+                total.index_add_(0, owner, token_ll.double())
+                misses.index_add_(0, owner, (picked.argmax(-1) != targets).long())
         return total.tolist(), (misses == 0).tolist()
