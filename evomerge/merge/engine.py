@@ -188,7 +188,9 @@ class MergeEngine:
         out: MutableMapping[str, torch.Tensor],
     ) -> list[StageLog]:
         """Stream stages ``chain.start .. chain.end - 1``; the last one's output lands in ``env``."""
-        calls, methods, logs = [], [], []
+        calls: list[StageCall] = []
+        methods: list[TensorMergeMethod | TaskArithmeticMethod] = []
+        logs: list[StageLog] = []
         for index in range(chain.start, chain.end):
             stage = config.stages[index]
             resolved, params = stage_parameters(stage, self.registry)
@@ -199,6 +201,7 @@ class MergeEngine:
             if stage.name:
                 env[stage.name], keys[stage.name] = target, key
             calls.append(call)
+            assert isinstance(resolved.method, TaskArithmeticMethod | TensorMergeMethod)
             methods.append(resolved.method)
             logs.append(
                 StageLog(

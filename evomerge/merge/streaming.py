@@ -77,12 +77,14 @@ def plan_chains(config: ComboConfig, methods: Sequence[object]) -> list[Chain]:
                 break
             j -= 1
         if j > i:
+            final, name = methods[last], stages[j].name
             into_out = j == last or (
                 j + 1 == last
-                and isinstance(methods[last], ModelMergeMethod)
-                and methods[last].in_place_first_source
-                and stages[last].input_names()[:1] == [stages[j].name]
-                and stages[last].input_names().count(stages[j].name) == 1
+                and isinstance(final, ModelMergeMethod)
+                and final.in_place_first_source
+                and name is not None
+                and stages[last].input_names()[:1] == [name]
+                and stages[last].input_names().count(name) == 1
             )
             chains.append(Chain(i, j + 1, into_out))
             i = j + 1

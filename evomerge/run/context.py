@@ -36,6 +36,8 @@ class RunContext:
     #: Peak host RSS when the search starts (inputs, libraries, harness, inputs scored):
     #: result.json's resources say how far the search itself raised it.
     peak_host_bytes_before_search: int | None = None
+    #: ... and when the search is done (before the report's champion, baselines and saves).
+    peak_host_bytes_after_search: int | None = None
 
     @property
     def out(self) -> Path:

@@ -274,7 +274,12 @@ def build_result(
             "allocated": prep.pool.allocated,
         },
         "device": device_report(prep.device, prep.pool.dtype),
-        "resources": resources(prep.device, loop.checkpoint, ctx.peak_host_bytes_before_search),
+        "resources": resources(
+            prep.device,
+            loop.checkpoint,
+            ctx.peak_host_bytes_before_search,
+            ctx.peak_host_bytes_after_search,
+        ),
         "recipe": ctx.recipe.model_dump(mode="json"),
     }
 
@@ -289,11 +294,15 @@ def peak_host_bytes() -> int:
 
 
 def resources(
-    device: torch.device, checkpoint: Any, before_search: int | None = None
+    device: torch.device,
+    checkpoint: Any,
+    before_search: int | None = None,
+    after_search: int | None = None,
 ) -> dict[str, int | None]:
-    """What the run cost: this process's peak host RSS (and before the search began: inputs,
-    libraries and harness), the device allocator's peak, and the most bytes one generation's
-    checkpoint wrote (KBs for genome strategies, weights for ``seed``)."""
+    """What the run cost: this process's peak host RSS (also as it stood before the search
+    began: inputs, libraries, harness; and when it ended, before the report), the device
+    allocator's peak, and the most bytes one generation's checkpoint wrote (KBs for genome
+    strategies, weights for ``seed``)."""
     peak_device = None
     if device.type == "cuda":
         from evomerge.fitness.cost import process_peak_memory
@@ -302,6 +311,7 @@ def resources(
     return {
         "peak_host_bytes": peak_host_bytes(),
         "peak_host_bytes_before_search": before_search,
+        "peak_host_bytes_after_search": after_search,
         "peak_device_bytes": peak_device,
         "checkpoint_bytes_per_generation": int(checkpoint.max_save_bytes),
     }

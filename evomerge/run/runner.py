@@ -67,6 +67,7 @@ class Run:
         display = GenerationDisplay(ctx.recipe.evolution.generations, enabled=ctx.show_progress)
         with open_tracker(ctx, ref) as tracker, display:
             loop = evolve(ctx, prep, ref, engine, on_generation(ctx, tracker, display), display)
+            ctx.peak_host_bytes_after_search = peak_host_bytes()
             ctx.dist.wait_for_everyone()
             if not ctx.is_main:  # the main process writes the report; the others are done
                 return RunOutcome(EXIT_PASS, ctx.out, {})
