@@ -174,7 +174,8 @@ def main() -> None:
     searched = [g["seconds"] for g in gens if g["generation"] > 0]
     per_candidate = sum(searched) / (len(searched) * args.popsize)
     reference = reference_candidate(family, out, result, args.items, args.device)
-    model_bytes = input_bytes / 4
+    # the bytes one model is held in (the family is saved in fp32; bf16/fp16 storage halves it)
+    model_bytes = input_bytes / 4 / (2 if args.storage in ("bf16", "fp16") else 1)
     resources = result["resources"]
     row = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
