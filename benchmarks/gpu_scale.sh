@@ -5,7 +5,8 @@
 # candidate, checkpoint bytes, and the same candidate through mergekit + lm-eval.
 # Nothing here was run yet (no GPU lent while it was written); run from the repo root:
 #
-#   bash ../shared/device/wheels.sh                  # here: fetch the wheels into .whl
+#   (here) put wheels of what the GPU image lacks (mergekit, lm-eval, wandb, pydantic,
+#   datasets and their dependencies) in .whl: pip download --only-binary=:all: -d .whl ...
 #   EVOMERGE_CACHE=$PWD/.evcache evomerge data prepare   # here: the demo data, carried along
 #   device run, carry [".whl", ".evcache"], timeout 590:  bash benchmarks/gpu_scale.sh
 #
