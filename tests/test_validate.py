@@ -361,3 +361,15 @@ def test_unrelated_inputs_warn(tmp_path: Path, family: Family) -> None:
     res = _validate(dirs)
     assert res.mean_cosine < 0.1
     assert len(res.warnings) == 1 and "inputs look unrelated" in res.warnings[0]
+
+
+def test_scan_reopening_its_handles_reads_the_same(
+    family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tensor scan closes its safetensors handles every few hundred MB (so big inputs'
+    file pages do not pile up in RSS); reopening after every tensor gives the same scan."""
+    import evomerge.evolution.validate as validate_module
+
+    whole = _validate(family.dirs, base_model=family.base).pairwise_cosine
+    monkeypatch.setattr(validate_module, "_MAPPED_BYTES", 0)
+    assert _validate(family.dirs, base_model=family.base).pairwise_cosine == whole
