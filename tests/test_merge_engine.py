@@ -125,7 +125,8 @@ def test_frankenmerge_without_calibration_is_a_clear_error(tiny_llama_family) ->
         MergeEngine().merge_combo("000", tiny_llama_family.models, out={}, seed=0)
 
 
-def test_nan_stage_falls_back_to_linear_and_is_reported(tiny_llama_family, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _poison_dare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DARE's merge puts one NaN into layer 1's up_proj: a bad stage 2 for the guard to catch."""
     dare = get_method("dare")
     assert isinstance(dare, TaskArithmeticMethod)
     original = dare.merge_deltas
@@ -137,6 +138,10 @@ def test_nan_stage_falls_back_to_linear_and_is_reported(tiny_llama_family, monke
         return merged
 
     monkeypatch.setattr(dare, "merge_deltas", poisoned)
+
+
+def test_nan_stage_falls_back_to_linear_and_is_reported(tiny_llama_family, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _poison_dare(monkeypatch)
     models = tiny_llama_family.models
     inputs = InputSet(models)
     out: dict[str, torch.Tensor] = {}
@@ -180,16 +185,7 @@ def test_streamed_chains_equal_stage_by_stage_merges(tiny_llama_family, referenc
 
 
 def test_a_bad_streamed_stage_reruns_stage_by_stage(tiny_llama_family, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    dare = get_method("dare")
-    original = dare.merge_deltas  # type: ignore[union-attr]
-
-    def poisoned(deltas, *, weights, name, params):  # type: ignore[no-untyped-def]
-        merged = original(deltas, weights=weights, name=name, params=params)
-        if name.endswith("layers.1.mlp.up_proj.weight"):
-            merged[0, 0] = float("nan")
-        return merged
-
-    monkeypatch.setattr(dare, "merge_deltas", poisoned)
+    _poison_dare(monkeypatch)
     models = tiny_llama_family.models
     out: dict[str, torch.Tensor] = {}
     result = MergeEngine().merge_combo("001", InputSet(models, cache=False), out=out, seed=0)

@@ -198,6 +198,7 @@ class FitnessHarness:
         n_items: dict[str, int] = {}
         ppl_items: list[tuple[float, float]] = []
         acc_items: list[float] = []
+        own_terms = self.config.metric_task_names
         for name, plan in self._plans.items():
             raw = self._process(plan, lls, greedy)
             agg = plan.task.aggregation()
@@ -206,7 +207,7 @@ class FitnessHarness:
                 for (metric, filt), values in raw.items()
             }
             n_items[name] = len(plan.docs)
-            if name in self.config.metric_task_names:
+            if name in own_terms:
                 continue  # a task metric is its own term, not part of the pooled ones
             if plan.task.OUTPUT_TYPE == "loglikelihood_rolling":
                 ppl_items.extend(raw.get((self.config.ppl_metric, "none"), []))

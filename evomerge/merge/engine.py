@@ -30,7 +30,7 @@ from evomerge.merge.combos import StageParams, combo_config, label_of, resolved_
 from evomerge.merge.config import ComboConfig, StageDoc, stage_parameters
 from evomerge.merge.guard import BadStage, check_output, linear_fallback
 from evomerge.merge.inputs import InputSet, fill_aliases
-from evomerge.merge.registry import MethodRegistry, get_registry
+from evomerge.merge.registry import MethodRegistry, ResolvedName, get_registry
 from evomerge.merge.results import ComboResult, StageError, StageLog
 from evomerge.merge.stages import (
     Calibration,
@@ -117,8 +117,10 @@ class MergeEngine:
                     f"({', '.join(inputs.names)}) nor an earlier stage"
                 )
         chains: dict[int, Chain] = {}
+        resolved_params: list[tuple[ResolvedName, dict[str, Any]]] = []
         if stream and not inputs.cache:
-            methods = [stage_parameters(s, self.registry)[0].method for s in config.stages]
+            resolved_params = [stage_parameters(s, self.registry) for s in config.stages]
+            methods = [r.method for r, _ in resolved_params]
             chains = {c.start: c for c in plan_chains(config, methods)}
         index = 0
         try:
@@ -126,7 +128,9 @@ class MergeEngine:
                 stage = config.stages[index]
                 chain = chains.get(index)
                 if chain is not None:
-                    chain_logs = self._run_chain(chain, config, env, keys, inputs, out)
+                    chain_logs = self._run_chain(
+                        chain, config, resolved_params, env, keys, inputs, out
+                    )
                     logs.extend(chain_logs)
                     resolved_stages.extend(config.stages[chain.start : chain.end])
                     index = chain.end
@@ -182,6 +186,7 @@ class MergeEngine:
         self,
         chain: Chain,
         config: ComboConfig,
+        resolved_params: Sequence[tuple[ResolvedName, dict[str, Any]]],
         env: dict[str, Tensors],
         keys: dict[str, str],
         inputs: InputSet,
@@ -193,7 +198,7 @@ class MergeEngine:
         logs: list[StageLog] = []
         for index in range(chain.start, chain.end):
             stage = config.stages[index]
-            resolved, params = stage_parameters(stage, self.registry)
+            resolved, params = resolved_params[index]
             last = index == chain.end - 1
             target: MutableMapping[str, torch.Tensor] = out if last and chain.into_out else {}
             call = StageCall(stage, params, env, keys, target, inputs, last and chain.into_out)
@@ -203,15 +208,7 @@ class MergeEngine:
             calls.append(call)
             assert isinstance(resolved.method, TaskArithmeticMethod | TensorMergeMethod)
             methods.append(resolved.method)
-            logs.append(
-                StageLog(
-                    stage=index + 1,
-                    name=stage.name or "final",
-                    method=resolved.method.name(),
-                    merge_method=stage.merge_method,
-                    seconds=0.0,
-                )
-            )
+            logs.append(_new_log(index, stage, resolved.method))
         run_chain(chain, calls, methods, logs, inputs)
         target = calls[-1].target
         fill_aliases(target, inputs, calls[-1].final)
@@ -230,13 +227,7 @@ class MergeEngine:
         call.params = params
         method = resolved.method
         start = time.perf_counter()
-        log = StageLog(
-            stage=index + 1,
-            name=stage.name or "final",
-            method=method.name(),
-            merge_method=stage.merge_method,
-            seconds=0.0,
-        )
+        log = _new_log(index, stage, method)
         out_stage = stage
         try:
             out_stage = self._dispatch(method, call, log, model)
@@ -287,3 +278,14 @@ class MergeEngine:
         doc.pop("name", None)
         refs = {name: keys.get(name, name) for name in stage.input_names()}
         return digest([doc, refs])
+
+
+def _new_log(index: int, stage: StageDoc, method: Any) -> StageLog:
+    """The log of stage ``index`` (0-based) before it runs."""
+    return StageLog(
+        stage=index + 1,
+        name=stage.name or "final",
+        method=method.name(),
+        merge_method=stage.merge_method,
+        seconds=0.0,
+    )
