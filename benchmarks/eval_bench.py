@@ -145,8 +145,15 @@ def main() -> None:
     assert worst < 1e-4, worst
 
     fast_s, cost_s, slow_s = (statistics.median(x) for x in (fast, fast_cost, slow))
+    packed = harness._packed
+    from evomerge.fitness.scoring import supports_context_cache
+
+    cached = supports_context_cache(model, packed.context_span)
     print(
-        f"harness build (once per run): {build_s:.2f} s; tokens per candidate: {harness.n_tokens}"
+        f"harness build (once per run): {build_s:.2f} s; tokens per candidate: "
+        f"{packed.n_tokens_context if cached else packed.n_tokens} "
+        f"({'shared contexts through the KV cache' if cached else 'row layout'}; "
+        f"lm-eval forwards {packed.n_tokens}+)"
     )
     print(
         f"fast harness, metrics only : {fast_s * 1e3:8.1f} ms/candidate  {1 / fast_s:7.2f} candidates/s"

@@ -393,10 +393,71 @@ def test_prefix_rows_are_shared_and_score_the_same() -> None:
     shared = PackedRequests(requests, max_length=32, device=torch.device("cpu"))
     assert shared.n_tokens == len(ctx) + 1 + len(ctx) + 2  # two rows forwarded
     alone = [PackedRequests([r], max_length=32, device=torch.device("cpu")) for r in requests]
-    lls, greedy = shared.score(model)
+    lls, greedy = shared.score(model, context_cache=False)
     for i, packed in enumerate(alone):
         (ll,), (g,) = packed.score(model)
         assert lls[i] == pytest.approx(ll, rel=1e-6) and greedy[i] == g
+
+
+def _choice_requests(seed: int, n_items: int, longest: int) -> list:
+    """Multiple-choice-shaped requests (4 continuations of 1-3 tokens per context) and a
+    few rows of their own, as the harness makes them; contexts up to ``longest`` tokens."""
+    from evomerge.fitness.scoring import TokenRequest
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def tokens(n: int) -> tuple[int, ...]:
+        return tuple(torch.randint(1, 500, (n,), generator=gen).tolist())
+
+    requests = []
+    for item in range(n_items):
+        ctx = tokens(int(torch.randint(3, longest - 3, (1,), generator=gen)))
+        requests += [TokenRequest(ctx, tokens(1 + (item + k) % 3)) for k in range(4)]
+        requests.append(TokenRequest(tokens(2), tokens(int(longest * 0.75))))  # unshared
+    return requests
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3"])
+def test_shared_contexts_through_the_kv_cache_score_like_full_rows(name: str, tokenizer) -> None:
+    """Each choice scored from its context's cached keys/values = the whole row forwarded;
+    sliding-window families take the cache only when every input fits their window."""
+    from real_families import family_config
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.fitness.scoring import PackedRequests, supports_context_cache
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(family_config(name, tokenizer)).eval()
+    window = getattr(model.config, "sliding_window", None)
+    for longest in (24, 60):
+        packed = PackedRequests(
+            _choice_requests(longest, 9, longest),
+            max_length=64,
+            device=torch.device("cpu"),
+            batch_tokens=160,  # several context batches of unequal context lengths
+        )
+        assert len(packed.context_batches) > 1
+        assert packed.n_tokens_context < packed.n_tokens
+        windowed = name in ("mistral", "gemma2")
+        assert supports_context_cache(model, packed.context_span) == (
+            not windowed or packed.context_span <= window
+        )
+        rows_ll, rows_greedy = packed.score(model, context_cache=False)
+        if supports_context_cache(model, packed.context_span):
+            cached_ll, cached_greedy = packed.score(model, context_cache=True)
+            assert cached_ll == pytest.approx(rows_ll, rel=2e-5)
+            assert cached_greedy == rows_greedy
+        assert packed.score(model) == packed.score(model, context_cache=None)
+
+
+def test_models_without_a_kv_cache_keep_the_row_layout() -> None:
+    from evomerge.architectures import get_architecture
+    from evomerge.fitness.scoring import supports_context_cache
+
+    arch = get_architecture("trm_titans_mag")
+    model = arch.model_class(arch.config("tiny")).eval()
+    assert not supports_context_cache(model, 8)
+    assert supports_context_cache(make_llama(50, hidden=16), 8)
 
 
 def test_trm_titans_model_matches_lm_eval(task_dir: Path, tokenizer, no_network) -> None:

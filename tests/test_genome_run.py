@@ -81,6 +81,18 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
     assert resources["peak_device_bytes"] is None  # CPU: no allocator peak
     # the population is genomes: beside the 3 inputs and their base, 2 models at a time
     assert result["resident_models"]["allocated"] <= 3 + 1 + search_module.IN_FLIGHT
+    _check_timing(result["timing"], generations=3)
+
+
+def _check_timing(timing: dict, generations: int) -> None:
+    """Every generation's wall time is split into merge, scoring and the rest."""
+    assert timing["prepare_seconds"] > 0 and timing["reference_seconds"] > 0
+    gens = timing["generations"]
+    assert gens["count"] == generations
+    assert gens["merge_seconds"] > 0 and gens["scoring_seconds"] > 0
+    assert gens["merge_seconds"] + gens["scoring_seconds"] <= gens["seconds"] + 1e-3
+    assert gens["bookkeeping_seconds"] >= -1e-3
+    assert gens["seconds"] <= timing["search_seconds"] + 1e-3
 
 
 def test_genomes_rebuild_the_champion_bit_identically(cmaes_run: Path) -> None:

@@ -97,6 +97,9 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     # the seed loop checkpoints its population's weights: at least 8 models' worth per generation
     weight_bytes = (out / "champion" / "model.safetensors").stat().st_size
     assert result["resources"]["checkpoint_bytes_per_generation"] > 7 * weight_bytes
+    gens = result["timing"]["generations"]
+    assert gens["count"] == 4 and gens["merge_seconds"] > 0 and gens["scoring_seconds"] > 0
+    assert gens["merge_seconds"] + gens["scoring_seconds"] <= gens["seconds"] + 1e-3
     model = AutoModelForCausalLM.from_pretrained(out / "champion")
     assert model.config.model_type == "trm_titans_mag"
     assert [

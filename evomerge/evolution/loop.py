@@ -136,6 +136,7 @@ class EvolutionLoop:
         self.state = LoopState()
         self.population: list[Candidate] = []
         self.input_distance = mean_pairwise_distance([_state(m) for m in self.inputs])
+        self._merge_seconds = 0.0  # this generation's merges and mutations so far
 
     # ------------------------------------------------------------------ ops
     def _combo_into(
@@ -148,7 +149,9 @@ class EvolutionLoop:
     ) -> Candidate:
         seed = derive_seed(self.settings.seed, "combo", node_id)
         parent_models = self.inputs if parents is None else [p.model for p in parents]
+        merge_started = time.perf_counter()
         record = self.merge(label, parent_models, out, seed)
+        self._merge_seconds += time.perf_counter() - merge_started
         self.state.combo_usage[label] += 1
         for stage in record.get("fallbacks", []):
             self.state.fallbacks.append({"node": node_id, **stage})
@@ -167,6 +170,7 @@ class EvolutionLoop:
         self, out: PreTrainedModel, parent: Candidate, node_id: str, generation: int
     ) -> Candidate:
         seed = derive_seed(self.settings.seed, "mutation", node_id)
+        merge_started = time.perf_counter()
         if out is not parent.model:
             copy_weights_(out, parent.model)
         mutation: dict[str, Any] = {
@@ -178,6 +182,7 @@ class EvolutionLoop:
         drawn = apply_mutation_(
             _state(out), mutation, seed=seed, inputs=[_state(m) for m in self.inputs]
         )
+        self._merge_seconds += time.perf_counter() - merge_started
         node = LineageNode(
             id=node_id,
             generation=generation,
@@ -251,6 +256,8 @@ class EvolutionLoop:
         """``started``: when the generation's merges began (its seconds include them)."""
         scoring_started = time.perf_counter()
         scores = self.score_many([c.model for c in self.population])
+        scoring_seconds = time.perf_counter() - scoring_started
+        merge_seconds, self._merge_seconds = self._merge_seconds, 0.0
         for cand, cand_score in zip(self.population, scores, strict=True):
             cand.score = cand_score
             cand.node.fitness = cand.fitness
@@ -288,7 +295,8 @@ class EvolutionLoop:
                 "reseeded": reseeded,
                 "resident_models": self.pool.live,
                 "seconds": time.perf_counter() - started,
-                "scoring_seconds": time.perf_counter() - scoring_started,
+                "merge_seconds": merge_seconds,
+                "scoring_seconds": scoring_seconds,
             }
         )
 

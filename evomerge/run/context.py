@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class RunContext:
     peak_host_bytes_before_search: int | None = None
     #: ... and when the search is done (before the report's champion, baselines and saves).
     peak_host_bytes_after_search: int | None = None
+    #: Wall seconds of this process's stages (prepare, reference, search), for result.json.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:

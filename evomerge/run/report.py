@@ -28,7 +28,7 @@ from evomerge.evolution.loop import LoopState
 from evomerge.evolution.pool import load_weights_, weights
 from evomerge.evolution.rebuild import replay_node
 from evomerge.evolution.recipe import Recipe
-from evomerge.evolution.tracking import HELD_OUT_LABELS
+from evomerge.evolution.tracking import HELD_OUT_LABELS, read_log
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
 from evomerge.merge.combos import COMBO_LABELS
 from evomerge.run.context import RESIDENT_LIMIT, RunContext
@@ -280,6 +280,7 @@ def build_result(
             ctx.peak_host_bytes_before_search,
             ctx.peak_host_bytes_after_search,
         ),
+        "timing": timing(ctx.stage_seconds, read_log(ctx.out)),
         "recipe": ctx.recipe.model_dump(mode="json"),
     }
 
@@ -314,6 +315,25 @@ def resources(
         "peak_host_bytes_after_search": after_search,
         "peak_device_bytes": peak_device,
         "checkpoint_bytes_per_generation": int(checkpoint.max_save_bytes),
+    }
+
+
+def timing(stages: dict[str, float], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the wall time went: this process's stages, and the generations of the log
+    (all of them, across resumes) split into merging, scoring and the rest (strategy,
+    harness builds for new minibatches, diversity, checkpoints, tracking)."""
+    seconds = sum(float(r["seconds"]) for r in records)
+    merge = sum(float(r.get("merge_seconds", 0.0)) for r in records)
+    scoring = sum(float(r.get("scoring_seconds", 0.0)) for r in records)
+    return {
+        **{f"{stage}_seconds": round(s, 3) for stage, s in stages.items()},
+        "generations": {
+            "count": len(records),
+            "seconds": round(seconds, 3),
+            "merge_seconds": round(merge, 3),
+            "scoring_seconds": round(scoring, 3),
+            "bookkeeping_seconds": round(seconds - merge - scoring, 3),
+        },
     }
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,13 +61,19 @@ class Run:
         ctx = RunContext(
             self.recipe, self.resume, self.overwrite, self.progress, self.log, PartialState()
         )
+        clock = time.perf_counter()
         prep = prepare_inputs(ctx)
+        ctx.stage_seconds["prepare"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         ref = reference_scores(ctx, prep)
+        ctx.stage_seconds["reference"] = time.perf_counter() - clock
         ctx.peak_host_bytes_before_search = peak_host_bytes()
         engine = merge_engine(ctx.recipe, ref)
         display = GenerationDisplay(ctx.recipe.evolution.generations, enabled=ctx.show_progress)
         with open_tracker(ctx, ref) as tracker, display:
+            clock = time.perf_counter()
             loop = evolve(ctx, prep, ref, engine, on_generation(ctx, tracker, display), display)
+            ctx.stage_seconds["search"] = time.perf_counter() - clock
             ctx.peak_host_bytes_after_search = peak_host_bytes()
             ctx.dist.wait_for_everyone()
             if not ctx.is_main:  # the main process writes the report; the others are done

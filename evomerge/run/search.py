@@ -128,6 +128,7 @@ class GenomeLoop:
         self.book = LineageBook()
         self.history: list[Scored] = []
         self.crowning: list[dict[str, Any]] = []
+        self._seconds = {"merge": 0.0, "scoring": 0.0}  # this generation's, so far
         self.base = prep.load_base()
         self.input_set = self._input_set()
         keys = self.input_set.keys
@@ -235,11 +236,15 @@ class GenomeLoop:
             )
             slots = [pool.acquire() for _ in part]
             try:
+                merge_started = time.perf_counter()
                 nodes = [
                     self._genome_into(g, i, generation, s)
                     for (g, i), s in zip(part, slots, strict=True)
                 ]
+                scoring_started = time.perf_counter()
                 scores = self.score_many(slots, harness)
+                self._seconds["merge"] += scoring_started - merge_started
+                self._seconds["scoring"] += time.perf_counter() - scoring_started
             finally:
                 for slot in slots:
                     pool.release(slot)
@@ -351,9 +356,11 @@ class GenomeLoop:
                 "reseeded": False,
                 "resident_models": self.prep.pool.live,
                 "seconds": time.perf_counter() - started,
-                "scoring_seconds": 0.0,
+                "merge_seconds": self._seconds["merge"],
+                "scoring_seconds": self._seconds["scoring"],
             }
         )
+        self._seconds = {"merge": 0.0, "scoring": 0.0}
 
     def _set_champion(self, node: LineageNode, score: Any) -> None:
         self.state.champion_id = node.id
