@@ -1,6 +1,6 @@
 """Candidates per second: evomerge's fast fitness harness vs lm_eval.simple_evaluate (same model, tasks).
 
-Run: ``python benchmarks/eval_bench.py [--candidates 20] [--threads 1]``
+Run: ``python benchmarks/eval_bench.py [--candidates 20] [--threads 1] [--row-layout]``
 
 One process, CPU. A tiny Llama and a byte-level BPE are built on the spot;
 tasks are evomerge's generated lm-eval YAMLs over fixture data in the
@@ -49,6 +49,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048, help="llama only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--noise-repeats", type=int, default=10)
+    parser.add_argument(
+        "--row-layout", action="store_true",
+        help="score shared contexts as whole rows even where the model has a KV cache",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,6 +60,10 @@ def main() -> None:
 
     import lm_eval
 
+    from evomerge.fitness import scoring
+
+    if args.row_layout:  # the harness asks the scoring module; say no to every model
+        scoring.supports_context_cache = lambda model, span: False  # type: ignore[assignment]
     from evomerge.fitness import FitnessConfig, FitnessHarness, suite_for, write_tasks
     from evomerge.fitness.lm_eval_adapter import EvoMergeLM
     from evomerge.fitness.testing import (
@@ -146,9 +154,7 @@ def main() -> None:
 
     fast_s, cost_s, slow_s = (statistics.median(x) for x in (fast, fast_cost, slow))
     packed = harness._packed
-    from evomerge.fitness.scoring import supports_context_cache
-
-    cached = supports_context_cache(model, packed.context_span)
+    cached = scoring.supports_context_cache(model, packed.context_span)
     print(
         f"harness build (once per run): {build_s:.2f} s; tokens per candidate: "
         f"{packed.n_tokens_context if cached else packed.n_tokens} "
