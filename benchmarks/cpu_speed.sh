@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 14 item 5, CPU side, one command: per-candidate fitness vs lm_eval.simple_evaluate
-# (TRM x Titans-MAG tiny; a tiny Llama with and without the shared-context KV-cache path)
+# (TRM x Titans-MAG tiny and a tiny Llama, each with and without shared contexts)
 # and one combo merge vs mergekit run_merge, side by side, one thread each. ~6 minutes on
 # 2 cores; run it alone (a second job on the cores slows both several-fold).
 #
@@ -11,7 +11,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 py=${PYTHON:-python}
 summary() { grep -E "^(machine|harness build|fast harness, metrics|lm_eval|speed-up|same scores)" || true; }
 echo "## fitness per candidate (12 docs per task, 6 tasks)"
-for args in "--model trm-tiny" "--model llama --row-layout" "--model llama"; do
+for args in "--model trm-tiny" "--model trm-tiny --shared-contexts on" \
+  "--model llama --shared-contexts off" "--model llama"; do
   echo "### $args"
   $py benchmarks/eval_bench.py $args --items 12 --candidates 10 --lm-eval-candidates 3 \
     --threads 1 --noise-repeats 2 2>/dev/null | summary

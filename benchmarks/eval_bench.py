@@ -1,6 +1,6 @@
 """Candidates per second: evomerge's fast fitness harness vs lm_eval.simple_evaluate (same model, tasks).
 
-Run: ``python benchmarks/eval_bench.py [--candidates 20] [--threads 1] [--row-layout]``
+Run: ``python benchmarks/eval_bench.py [--candidates 20] [--threads 1] [--shared-contexts auto|on|off]``
 
 One process, CPU. A tiny Llama and a byte-level BPE are built on the spot;
 tasks are evomerge's generated lm-eval YAMLs over fixture data in the
@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--noise-repeats", type=int, default=10)
     parser.add_argument(
-        "--row-layout", action="store_true",
-        help="score shared contexts as whole rows even where the model has a KV cache",
+        "--shared-contexts", choices=["auto", "on", "off"], default="auto",
+        help="fitness.shared_contexts: off scores every choice as a whole row",
     )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
@@ -60,10 +60,6 @@ def main() -> None:
 
     import lm_eval
 
-    from evomerge.fitness import scoring
-
-    if args.row_layout:  # the harness asks the scoring module; say no to every model
-        scoring.supports_context_cache = lambda model, span: False  # type: ignore[assignment]
     from evomerge.fitness import FitnessConfig, FitnessHarness, suite_for, write_tasks
     from evomerge.fitness.lm_eval_adapter import EvoMergeLM
     from evomerge.fitness.testing import (
@@ -96,7 +92,7 @@ def main() -> None:
         write_fixture_data(tmp / "data", paragraphs, per_split=args.items), tmp / "tasks"
     )
     suite = suite_for(task_dir, split="fitness")
-    config = FitnessConfig(max_items=args.items)
+    config = FitnessConfig(max_items=args.items, shared_contexts=args.shared_contexts)
     print(
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}; model: {label}, {n_params / 1e6:.2f}M params, "
@@ -154,7 +150,7 @@ def main() -> None:
 
     fast_s, cost_s, slow_s = (statistics.median(x) for x in (fast, fast_cost, slow))
     packed = harness._packed
-    cached = scoring.supports_context_cache(model, packed.context_span)
+    cached = packed.can_share_contexts(model, args.shared_contexts)
     print(
         f"harness build (once per run): {build_s:.2f} s; tokens per candidate: "
         f"{packed.n_tokens_context if cached else packed.n_tokens} "

@@ -138,6 +138,67 @@ def test_causal_across_chunks_window_and_recursion() -> None:
             assert not torch.allclose(out[:, t + 1], base[:, t + 1], atol=1e-4), t
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # tiny: window 32, chunk 8, n = T = 1
+        {"trm_inner_steps": 2, "trm_cycles": 2, "num_persistent_tokens": 0},
+        # phase1-25m's window 128 / chunk 16 / 4 memory heads, narrow; eager attention
+        {"sliding_window": 128, "memory_chunk_size": 16, "memory_heads": 4,
+         "memory_head_dim": 16, "attn_implementation": "eager"},
+    ],
+    ids=["tiny", "recursion-no-persistent", "25m-shape-eager"],
+)  # fmt: skip
+def test_cached_context_continues_like_the_whole_row(overrides: dict) -> None:
+    """Contexts forwarded once (use_cache), then continuations from the cache
+    (reorder_cache: several per context) = each context + continuation forwarded whole:
+    contexts shorter and longer than the window and chunk, continuations that cross
+    chunk boundaries, right padding on both."""
+    impl = overrides.pop("attn_implementation", None)
+    model = _tiny(**overrides)
+    if impl:
+        model.config._attn_implementation = impl
+    for p in (model.model.y_init, model.model.z_init):  # non-trivial recursion state
+        p.data.normal_(0, 0.5)
+    gen = torch.Generator().manual_seed(3)
+    lengths = [3, 17, 40, 150]  # context tokens per row
+    width = max(lengths)
+    contexts = torch.randint(1, 2048, (len(lengths), width), generator=gen)
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+    pick = torch.tensor([0, 0, 1, 2, 2, 3, 3, 1])  # continuation row -> its context
+    conts = torch.randint(1, 2048, (len(pick), 21), generator=gen)
+    with torch.inference_mode():
+        out = model(input_ids=contexts, attention_mask=mask, use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache.reorder_cache(pick)
+        got = model(input_ids=conts, cache=cache).logits  # (8, 21, V)
+        for r, g in enumerate(pick.tolist()):
+            n = lengths[g]
+            whole = torch.cat((contexts[g, :n], conts[r]))[None]
+            expected = model(input_ids=whole).logits[0, n:]
+            assert torch.allclose(got[r], expected, atol=2e-4, rtol=1e-4), (r, n)
+            # the context pass's own logits at real positions are the plain forward's
+            assert torch.allclose(
+                out.logits[g, :n], model(input_ids=contexts[g : g + 1, :n]).logits[0], atol=2e-4
+            )
+
+
+def test_the_harness_shares_trm_contexts_only_when_asked() -> None:
+    from evomerge.fitness.scoring import PackedRequests, TokenRequest, supports_context_cache
+
+    model = _tiny()
+    assert not supports_context_cache(model, 8)  # fitness.shared_contexts: auto
+    assert supports_context_cache(model, 10_000, own_cache=True)  # on: any length
+    ctx = tuple(range(1, 45))
+    requests = [TokenRequest(ctx, (50 + k, 60 + k)) for k in range(4)]
+    packed = PackedRequests(requests, max_length=64, device=torch.device("cpu"))
+    assert not packed.can_share_contexts(model) and packed.can_share_contexts(model, "on")
+    assert not packed.can_share_contexts(model, "off")
+    rows, _ = packed.score(model, context_cache=False)
+    shared, _ = packed.score(model, context_cache=True)
+    assert shared == pytest.approx(rows, rel=1e-5)
+
+
 def _reference_memory(mem: NeuralMemory, a: torch.Tensor) -> torch.Tensor:
     """The memory written the slow, obvious way: per sequence, head and chunk, gradients by autograd."""
     B, T, _ = a.shape

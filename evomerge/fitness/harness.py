@@ -193,7 +193,11 @@ class FitnessHarness:
         """Every task metric, pooled perplexity and accuracy, and (if ``cost``) speed and memory."""
         start = time.perf_counter()
         model = self._prepare(model)
-        lls, greedy = self._packed.score(model, autocast_dtype=self.autocast_dtype)
+        lls, greedy = self._packed.score(
+            model,
+            autocast_dtype=self.autocast_dtype,
+            context_cache=self._packed.can_share_contexts(model, self.config.shared_contexts),
+        )
         tasks: dict[str, dict[str, float]] = {}
         n_items: dict[str, int] = {}
         ppl_items: list[tuple[float, float]] = []

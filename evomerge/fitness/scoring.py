@@ -31,6 +31,9 @@ import torch
 DEFAULT_BATCH_TOKENS = 8192
 #: Largest fraction of a batch row that may be padding (rows are sorted by length).
 MAX_PADDING = 0.125
+#: ... for shared contexts (each of whose batches also costs a continuation forward; more
+#: padding, tried up to 0.75, bought no speed on the CPU).
+CONTEXT_MAX_PADDING = MAX_PADDING
 #: Scored positions' logits gathered (in fp32) per step: 2^22 elements = 16 MiB.
 _SCORE_ELEMENTS = 1 << 22
 
@@ -157,13 +160,17 @@ class _ContextBatch:
     rest: _Scored  # continuation tokens 2.., scored from the continuation pass
 
 
-def supports_context_cache(model: torch.nn.Module, span: int) -> bool:
-    """A transformers model that takes and returns ``past_key_values``, for inputs of ``span``
-    tokens: full attention, or a sliding window no shorter than ``span`` (so the cache
-    drops nothing and the mask is plain causal). Anything else keeps the row layout."""
+def supports_context_cache(model: torch.nn.Module, span: int, *, own_cache: bool = False) -> bool:
+    """A transformers model that takes and returns a KV cache, for inputs of ``span`` tokens:
+    full attention, or a sliding window no shorter than ``span`` (so the cache drops nothing
+    and the mask is plain causal). With ``own_cache``, also a model that declares its own
+    cache continues any context exactly (``exact_context_continuation``: TRM x Titans-MAG).
+    Anything else keeps the row layout."""
     params = inspect.signature(model.forward).parameters
     if _cache_argument(model) is None or not {"use_cache", "position_ids"} <= set(params):
         return False
+    if getattr(model, "exact_context_continuation", False):
+        return own_cache
     config = getattr(model, "config", None)
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
@@ -237,6 +244,13 @@ class PackedRequests:
             int(b.context_mask.sum()) + b.rest.rows.numel() for b in self.context_batches
         )
 
+    def can_share_contexts(self, model: torch.nn.Module, mode: str = "auto") -> bool:
+        """Whether ``score`` takes the cached-context layout for ``model`` under
+        ``fitness.shared_contexts`` = ``mode`` (auto | on | off)."""
+        if mode == "off" or not self.context_batches:
+            return False
+        return supports_context_cache(model, self.context_span, own_cache=mode == "on")
+
     @torch.inference_mode()
     def score(
         self,
@@ -247,19 +261,15 @@ class PackedRequests:
     ) -> tuple[list[float], list[bool]]:
         """Summed log-likelihood and is-greedy of every request, in request order.
 
-        ``context_cache`` (default: ``supports_context_cache(model, self.context_span)``) scores shared
-        contexts once, through the model's KV cache.
+        ``context_cache`` (default: ``can_share_contexts(model)``) scores shared contexts
+        once, through the model's cache.
         """
         device = self.batches[0].input_ids.device if self.batches else torch.device("cpu")
         total = torch.zeros(self.n_requests, dtype=torch.float64, device=device)
         misses = torch.zeros(self.n_requests, dtype=torch.long, device=device)
         kwargs: dict[str, object] = dict(forward_kwargs(model))
         trim = _accepts_logits_to_keep(model)
-        if context_cache is None:
-            context_cache = bool(self.context_batches) and supports_context_cache(
-                model, self.context_span
-            )
-        use_cache = context_cache
+        use_cache = self.can_share_contexts(model) if context_cache is None else context_cache
         with torch.autocast(
             device_type=device.type,
             dtype=autocast_dtype or torch.bfloat16,
@@ -284,7 +294,9 @@ class PackedRequests:
         misses: torch.Tensor,
     ) -> None:
         extra = {"logits_to_keep": cb.keep} if trim else {}
-        out = model(input_ids=cb.context_ids, use_cache=True, **extra)
+        out = model(
+            input_ids=cb.context_ids, attention_mask=cb.context_mask, use_cache=True, **extra
+        )
         _accumulate(out.logits[:, -cb.keep :], cb.first, total, misses)
         if cb.choice_ids.shape[1] == 0:  # every continuation is one token
             return
@@ -375,6 +387,7 @@ def _batch_end(
     length: Callable[[Any], int],
     tokens: Callable[[Any, int], int],
     batch_tokens: int,
+    max_padding: float = MAX_PADDING,
 ) -> int:
     """Where a batch of length-sorted ``items`` from ``start`` ends: before the tokens it
     forwards (``tokens(item, width)`` each, at the batch's width) would exceed
@@ -385,7 +398,7 @@ def _batch_end(
     while (
         end < len(items)
         and used + tokens(items[end], width) <= batch_tokens
-        and length(items[end]) >= width * (1.0 - MAX_PADDING)
+        and length(items[end]) >= width * (1.0 - max_padding)
     ):
         used += tokens(items[end], width)
         end += 1
@@ -477,7 +490,12 @@ def _context_batches(
     start = 0
     while start < len(groups):
         end = _batch_end(
-            groups, start, lambda g: len(requests[g[0]].context), cached_tokens, batch_tokens
+            groups,
+            start,
+            lambda g: len(requests[g[0]].context),
+            cached_tokens,
+            batch_tokens,
+            CONTEXT_MAX_PADDING,
         )
         out.append(_pack_contexts(requests, groups[start:end], device))
         start = end
