@@ -154,7 +154,7 @@ def main() -> None:
     print(
         f"harness build (once per run): {build_s:.2f} s; tokens per candidate: "
         f"{packed.n_tokens_context if cached else packed.n_tokens} "
-        f"({'shared contexts through the KV cache' if cached else 'row layout'}; "
+        f"({'shared contexts from the model cache' if cached else 'row layout'}; "
         f"lm-eval forwards {packed.n_tokens}+)"
     )
     print(
