@@ -101,6 +101,10 @@ def main() -> None:
         json.loads(line) for line in (args.out / "run" / "evolution.jsonl").read_text().splitlines()
     ]
     report["generation_s"] = [round(g["seconds"], 2) for g in generations]
+    report["generation_split_s"] = [
+        {k: round(g.get(f"{k}_seconds", 0.0), 2) for k in ("merge", "scoring")} for g in generations
+    ]
+    report["timing"] = result.get("timing")  # merge / scoring / bookkeeping, whole run
     report["fitness_improvement"] = result["improvement"]
     report["test_improvement"] = result["test_improvement"]
     report["device_report"] = result.get("device")

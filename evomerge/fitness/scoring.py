@@ -300,7 +300,9 @@ class PackedRequests:
         _accumulate(out.logits[:, -cb.keep :], cb.first, total, misses)
         if cb.choice_ids.shape[1] == 0:  # every continuation is one token
             return
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = getattr(out, "cache", None)  # transformers 5.2x; past_key_values before
+        if cache is None:
+            cache = out.past_key_values
         cache.reorder_cache(cb.choice_context)  # one copy of its context per continuation
         mask = torch.cat(
             (cb.context_mask[cb.choice_context], torch.ones_like(cb.choice_ids)), dim=1
