@@ -78,9 +78,10 @@ class FitnessConfig(BaseModel):
     #: Context length for rolling windows and truncation; None = the model's (as lm-eval).
     max_length: int | None = None
     batch_tokens: int = DEFAULT_BATCH_TOKENS
-    #: Multiple-choice contexts forwarded once, choices from the model's cache (docs/fitness.md):
-    #: "auto" for transformers KV caches; "on" also for a model's own exact cache (TRM x
-    #: Titans-MAG: slower on a 2-thread CPU, faster FLOP-bound); "off": whole rows always.
+    #: Multiple-choice contexts forwarded once, choices from the model's cache: "auto" for
+    #: transformers KV caches; "on" also for a model's own exact cache (TRM x Titans-MAG:
+    #: slower on a 2-thread CPU, faster FLOP-bound); "off": whole rows always. See
+    #: docs/fitness.md "Measurements".
     shared_contexts: Literal["auto", "on", "off"] = "auto"
     #: "auto": bf16 autocast on CUDA devices that support it, fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
