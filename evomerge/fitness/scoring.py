@@ -31,9 +31,6 @@ import torch
 DEFAULT_BATCH_TOKENS = 8192
 #: Largest fraction of a batch row that may be padding (rows are sorted by length).
 MAX_PADDING = 0.125
-#: ... for shared contexts (each of whose batches also costs a continuation forward; more
-#: padding, tried up to 0.75, bought no speed on the CPU).
-CONTEXT_MAX_PADDING = MAX_PADDING
 #: Scored positions' logits gathered (in fp32) per step: 2^22 elements = 16 MiB.
 _SCORE_ELEMENTS = 1 << 22
 
@@ -389,7 +386,6 @@ def _batch_end(
     length: Callable[[Any], int],
     tokens: Callable[[Any, int], int],
     batch_tokens: int,
-    max_padding: float = MAX_PADDING,
 ) -> int:
     """Where a batch of length-sorted ``items`` from ``start`` ends: before the tokens it
     forwards (``tokens(item, width)`` each, at the batch's width) would exceed
@@ -400,7 +396,7 @@ def _batch_end(
     while (
         end < len(items)
         and used + tokens(items[end], width) <= batch_tokens
-        and length(items[end]) >= width * (1.0 - max_padding)
+        and length(items[end]) >= width * (1.0 - MAX_PADDING)
     ):
         used += tokens(items[end], width)
         end += 1
@@ -482,7 +478,8 @@ def _context_batches(
     batch_tokens: int,
 ) -> list[_ContextBatch]:
     """Context groups, longest context first, batched so that the cache copied once per
-    continuation holds no more tokens than ``batch_tokens``."""
+    continuation holds no more tokens than ``batch_tokens`` (with the rows' MAX_PADDING:
+    more, tried up to 0.75 to save continuation forwards, bought no speed on the CPU)."""
     groups = sorted(groups, key=lambda g: -len(requests[g[0]].context))
 
     def cached_tokens(group: list[int], width: int) -> int:  # each continuation's copy
@@ -492,12 +489,7 @@ def _context_batches(
     start = 0
     while start < len(groups):
         end = _batch_end(
-            groups,
-            start,
-            lambda g: len(requests[g[0]].context),
-            cached_tokens,
-            batch_tokens,
-            CONTEXT_MAX_PADDING,
+            groups, start, lambda g: len(requests[g[0]].context), cached_tokens, batch_tokens
         )
         out.append(_pack_contexts(requests, groups[start:end], device))
         start = end
