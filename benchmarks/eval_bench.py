@@ -66,19 +66,15 @@ def main() -> None:
         LARGE_MODULES,
         make_llama,
         make_tokenizer,
+        make_trm,
         stdlib_paragraphs,
         write_fixture_data,
     )
 
     paragraphs = stdlib_paragraphs(modules=LARGE_MODULES)
     if args.model == "trm-tiny":
-        from evomerge.architectures import get_architecture
-
-        arch = get_architecture("trm_titans_mag")
-        model_config = arch.config("tiny", max_position_embeddings=256)
-        tokenizer = make_tokenizer(paragraphs, vocab_size=model_config.vocab_size)
-        torch.manual_seed(0)
-        model = arch.model_class(model_config).eval()
+        model = make_trm("tiny", max_positions=256)
+        tokenizer = make_tokenizer(paragraphs, vocab_size=model.config.vocab_size)
         label = "TRM x Titans-MAG tiny"
     else:
         tokenizer = make_tokenizer(paragraphs, vocab_size=args.vocab)

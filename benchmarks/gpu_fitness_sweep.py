@@ -42,19 +42,15 @@ def main() -> None:
         LARGE_MODULES,
         make_llama,
         make_tokenizer,
+        make_trm,
         stdlib_paragraphs,
         write_fixture_data,
     )
 
     paragraphs = stdlib_paragraphs(modules=LARGE_MODULES)
-    torch.manual_seed(0)
     if args.model == "trm":
-        from evomerge.architectures import get_architecture
-
-        arch = get_architecture("trm_titans_mag")
-        config = arch.config(args.preset, max_position_embeddings=512)
-        tokenizer = make_tokenizer(paragraphs, vocab_size=config.vocab_size)
-        model = arch.model_class(config)
+        model = make_trm(args.preset, max_positions=512)
+        tokenizer = make_tokenizer(paragraphs, vocab_size=model.config.vocab_size)
     else:
         tokenizer = make_tokenizer(paragraphs, vocab_size=8192)
         model = make_llama(

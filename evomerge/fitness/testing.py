@@ -15,6 +15,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
@@ -81,6 +82,18 @@ def make_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeniz
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=_EOT, eos_token=_EOT, pad_token=_EOT
     )
+
+
+def make_trm(preset: str = "tiny", *, max_positions: int = 256, seed: int = 0, **overrides: Any):
+    """A randomly initialised TRM x Titans-MAG model of ``preset`` (fp32, eval mode)."""
+    import torch
+
+    from evomerge.architectures import get_architecture
+
+    arch = get_architecture("trm_titans_mag")
+    config = arch.config(preset, max_position_embeddings=max_positions, **overrides)
+    torch.manual_seed(seed)
+    return arch.model_class(config).eval()
 
 
 def make_llama(
