@@ -9,12 +9,18 @@
 #   datasets and their dependencies) in .whl: pip download --only-binary=:all: -d .whl ...
 #   EVOMERGE_CACHE=$PWD/.evcache evomerge data prepare   # here: the demo data, carried along
 #   device run, carry [".whl", ".evcache"], timeout 590:  bash benchmarks/gpu_scale.sh
+#   a second call, the inputs in host memory (device.inputs: host; the row to read
+#   against the first is peak_device_bytes):          bash benchmarks/gpu_scale.sh host
 #
 # The GPU machine has no network: .whl holds the wheels its image lacks, .evcache the
 # prepared data (the tokenizer is trained from it). One JSON line per size lands in
 # $OUT/scale.jsonl; stderr in $OUT/scale-*.err. 7-8B is left out on purpose: four random
-# 8B models are ~64 GB of safetensors in bf16, the machine's whole disk.
+# 8B models are ~64 GB of safetensors in bf16, the machine's whole disk. What an 8B run
+# needs on an 80 GB GPU follows from the two 1B rows: with the inputs on the device the
+# peak is ~ inputs + 2 candidates + one eval batch, with `host` ~ 2 candidates + one
+# eval batch (docs/recipes.md "Where the inputs live").
 set -u
+INPUTS=${1:-auto}
 OUT=${OUT:-/tmp/evomerge-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -27,8 +33,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 # 1B: ~1.1 B parameters; building the family (CPU) and mergekit's disk-to-disk merge are
 # most of the wall time, the run itself a few minutes at most.
 timeout 540 python3 benchmarks/scale_bench.py --layers 16 --hidden 2048 --vocab 8192 \
-  --device cuda --storage bf16 --generations 2 --popsize 4 --items 16 \
-  >> "$OUT/scale.jsonl" 2> "$OUT/scale-1b.err"
-echo "exit $?" >> "$OUT/scale-1b.err"
-tail -n 3 "$OUT/scale-1b.err"
+  --device cuda --storage bf16 --generations 2 --popsize 4 --items 16 --inputs "$INPUTS" \
+  >> "$OUT/scale.jsonl" 2> "$OUT/scale-1b-$INPUTS.err"
+echo "exit $?" >> "$OUT/scale-1b-$INPUTS.err"
+tail -n 3 "$OUT/scale-1b-$INPUTS.err"
 cat "$OUT/scale.jsonl"

@@ -17,6 +17,7 @@ CPU by default. Read back from its result.json and evolution.jsonl:
 
     .venv/bin/python benchmarks/scale_bench.py                      # ~100M, CPU
     .venv/bin/python benchmarks/scale_bench.py --layers 16 --hidden 2048 --device cuda  # ~1B
+    .venv/bin/python benchmarks/scale_bench.py --inputs disk --no-reference  # inputs in files
 
 Prints one JSON line; docs/benchmarks.md "Scale" holds the numbers and names the machine.
 """
@@ -104,7 +105,7 @@ def recipe(models: list[Path], base: Path, out: Path, args: argparse.Namespace) 
             "calibration_seq_len": 64,
         },
         "tracking": {"wandb_mode": "disabled"},
-        "device": {"device": args.device, "storage": args.storage},
+        "device": {"device": args.device, "storage": args.storage, "inputs": args.inputs},
         "output": str(out),
     }
     path = out.parent / "scale-bench.yaml"
@@ -159,6 +160,17 @@ def main() -> None:
     parser.add_argument(
         "--storage", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="device.storage"
     )
+    parser.add_argument(
+        "--inputs",
+        default="auto",
+        choices=["auto", "device", "host", "disk"],
+        help="device.inputs: where the inputs are held",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip mergekit run_merge + lm_eval.simple_evaluate (memory runs)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -173,7 +185,11 @@ def main() -> None:
     gens = [json.loads(line) for line in (out / "evolution.jsonl").read_text().splitlines()]
     searched = [g["seconds"] for g in gens if g["generation"] > 0]
     per_candidate = sum(searched) / (len(searched) * args.popsize)
-    reference = reference_candidate(family, out, result, args.items, args.device)
+    reference = (
+        {}
+        if args.no_reference
+        else reference_candidate(family, out, result, args.items, args.device)
+    )
     # the bytes one model is held in (the family is saved in fp32; bf16/fp16 storage halves it)
     model_bytes = input_bytes / 4 / (2 if args.storage in ("bf16", "fp16") else 1)
     resources = result["resources"]
@@ -181,6 +197,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
         "device": args.device,
         "storage": args.storage,
+        "inputs": result["device"].get("inputs"),
         "parameters": params,
         "generations": args.generations,
         "popsize": args.popsize,
@@ -188,7 +205,9 @@ def main() -> None:
         "run_s": round(run_s, 1),
         "seconds_per_candidate": round(per_candidate, 2),
         **{k: round(v, 2) for k, v in reference.items()},
-        "ratio_vs_mergekit_lm_eval": round(sum(reference.values()) / per_candidate, 1),
+        "ratio_vs_mergekit_lm_eval": (
+            round(sum(reference.values()) / per_candidate, 1) if reference else None
+        ),
         "input_bytes": input_bytes,
         "peak_host_bytes": resources["peak_host_bytes"],
         "peak_host_over_inputs_in_models": round(

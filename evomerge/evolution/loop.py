@@ -32,6 +32,7 @@ from evomerge.evolution.operators import (
     mean_pairwise_distance,
 )
 from evomerge.evolution.pool import ModelPool, copy_weights_, load_weights_, weights
+from evomerge.evolution.residency import InputWeights
 from evomerge.merge.combos import COMBO_LABELS
 
 
@@ -40,7 +41,7 @@ class Score(Protocol):
     terms: Mapping[str, float]
 
 
-MergeFn = Callable[[str, Sequence[PreTrainedModel], PreTrainedModel, int], dict[str, Any]]
+MergeFn = Callable[[str, Sequence[InputWeights], PreTrainedModel, int], dict[str, Any]]
 ScoreFn = Callable[[PreTrainedModel], Score]
 
 
@@ -96,7 +97,7 @@ class LoopState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+def _state(model: InputWeights) -> Mapping[str, torch.Tensor]:
     return weights(model)
 
 
@@ -106,7 +107,7 @@ class EvolutionLoop:
     def __init__(
         self,
         *,
-        inputs: Sequence[PreTrainedModel],
+        inputs: Sequence[InputWeights],
         pool: ModelPool,
         merge: MergeFn,
         score: ScoreFn,

@@ -7,12 +7,13 @@ in the checkpoint on disk, not in memory). Asking for a 13th raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import overload
 
 import torch
 from transformers import PreTrainedModel
 
-from evomerge.merge.inputs import tied_aliases
+from evomerge.merge.inputs import FetchedTensors, tied_aliases
 
 
 class PoolExhaustedError(RuntimeError):
@@ -27,11 +28,14 @@ class ModelPool:
         factory: Callable[[], PreTrainedModel],
         capacity: int = 12,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
     ) -> None:
         self._factory = factory
         self.capacity = capacity
         #: The storage dtype every model the factory builds is held in.
         self.dtype = dtype
+        #: The device the factory builds models on.
+        self.device = device or torch.device("cpu")
         self._free: list[PreTrainedModel] = []
         self._live: set[int] = set()
         self.allocated = 0
@@ -63,24 +67,32 @@ class ModelPool:
         return len(self._live)
 
 
-def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+@overload
+def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]: ...
+@overload
+def weights(model: FetchedTensors) -> FetchedTensors: ...
+def weights(model: PreTrainedModel | FetchedTensors) -> Mapping[str, torch.Tensor]:
     """The model's state dict with tied duplicates dropped (the first name of a shared tensor wins).
 
     Mutating, distancing or saving ``state_dict()`` directly would touch a tied
     embedding / lm_head twice. Which names are tied is decided in one place,
     :func:`evomerge.merge.inputs.tied_aliases`, the rule the merge engine uses.
+    An input kept off the device (evomerge/evolution/residency.py) already is
+    such a mapping, and is returned as it is.
     """
+    if isinstance(model, FetchedTensors):
+        return model
     state = model.state_dict()
     aliases = tied_aliases(state)
     return {name: tensor for name, tensor in state.items() if name not in aliases}
 
 
-def copy_weights_(dst: PreTrainedModel, src: PreTrainedModel) -> None:
+def copy_weights_(dst: PreTrainedModel, src: PreTrainedModel | FetchedTensors) -> None:
     """dst <- src in place, tensor by tensor (no new allocation)."""
     load_weights_(dst, weights(src))
 
 
-def load_weights_(dst: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+def load_weights_(dst: PreTrainedModel, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``dst``'s existing tensors; names must match its untied weights exactly."""
     target = weights(dst)
     if set(target) != set(state):

@@ -20,14 +20,15 @@ from transformers import PreTrainedModel
 from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
 from evomerge.evolution.operators import apply_genome_mutation_, apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
+from evomerge.evolution.residency import InputWeights
 from evomerge.merge.engine import MergeEngine
 
 
 def replay_node(
     engine: MergeEngine,
     node: LineageNode,
-    parents: Sequence[PreTrainedModel],
-    inputs: Sequence[PreTrainedModel],
+    parents: Sequence[InputWeights],
+    inputs: Sequence[InputWeights],
     out: PreTrainedModel,
 ) -> PreTrainedModel:
     """Write ``node``'s model into ``out`` (every weight overwritten) from its parents' models.

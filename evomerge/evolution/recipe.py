@@ -214,6 +214,17 @@ class DeviceConfig(_Strict):
             "in fp32 per tensor either way."
         ),
     )
+    inputs: Literal["auto", "device", "host", "disk"] = Field(
+        "auto",
+        description=(
+            "Where the input weights (and their base) are held: device (resident beside the "
+            "candidates), host (host memory, each tensor copied to the device "
+            "when a merge reads it), disk (read from their safetensors files per tensor, never "
+            "held); auto: device while inputs and candidates fit the device's free memory, "
+            "else host (GPU only), else disk "
+            "(see [Where the inputs live](#where-the-inputs-live))."
+        ),
+    )
 
 
 class Recipe(_Strict):

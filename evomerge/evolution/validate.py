@@ -23,6 +23,7 @@ from evomerge.evolution.model_dir import (
     TOKENIZER_FILES,
     InputValidationError,
     ModelFiles,
+    ShardReader,
     fail,
     read_config,
     read_model,
@@ -162,19 +163,12 @@ def _scan_tensors(
     model would let norm weights (all ones at init) make random inits look related.
     """
     import torch
-    from safetensors import safe_open
 
-    handles: dict[Path, Any] = {}
+    reader = ShardReader(_MAPPED_BYTES)
 
     def load(model: ModelFiles, name: str) -> tuple[torch.Tensor, float]:
         """The tensor (float32 when floating) and its norm; the norm doubles as the NaN/Inf probe."""
-        shard = model.files[name]
-        if shard not in handles:
-            handles[shard] = safe_open(str(shard), framework="pt")
-        try:
-            t: torch.Tensor = handles[shard].get_tensor(name)
-        except Exception as exc:  # a header that parses over data that does not
-            raise fail(shard, "weights", f"cannot read tensor {name!r} ({exc})") from None
+        t = reader.get(model.files[name], name)
         if not t.is_floating_point():
             return t, 0.0
         t = t.reshape(-1).float()
@@ -189,19 +183,11 @@ def _scan_tensors(
     pairs = list(combinations(range(len(models)), 2))
     sums = dict.fromkeys(pairs, 0.0)
     counts = dict.fromkeys(pairs, 0)
-    mapped = 0  # bytes read through the open handles since they were last closed
     try:
         for name in sorted(models[0].shapes):
-            # An open handle keeps every page it has read mapped, so scanning four 16 GB
-            # checkpoints would count 64 GB of file pages in this process's RSS: reopen.
-            if mapped > _MAPPED_BYTES:
-                handles.clear()
-                mapped = 0
             loaded = [load(m, name) for m in models]
             if base is not None:
                 load(base, name)
-            files = len(models) + (base is not None)
-            mapped += files * math.prod(models[0].shapes[name]) * 4  # <= 4 bytes per value
             if len(models[0].shapes[name]) < 2 or not loaded[0][0].is_floating_point():
                 continue
             for i, j in pairs:
@@ -210,7 +196,7 @@ def _scan_tensors(
                     sums[(i, j)] += float(torch.dot(ti, tj)) / (ni * nj)
                     counts[(i, j)] += 1
     finally:
-        handles.clear()
+        reader.close()
     return {p: (sums[p] / counts[p] if counts[p] else float("nan")) for p in pairs}
 
 

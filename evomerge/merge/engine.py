@@ -150,6 +150,7 @@ class MergeEngine:
             return self.run_config(
                 config, inputs, out=out, scratch_model=scratch_model, label=label, stream=False
             )
+        inputs.release_fetched()
         done = ComboConfig(stages=resolved_stages, comment=config.comment)
         if label is None:
             label = label_of(config, self.params, self.registry)

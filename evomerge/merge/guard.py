@@ -57,16 +57,14 @@ def put(
 
 def check_output(target: Mapping[str, torch.Tensor], inputs: InputSet) -> None:
     """Raise :class:`BadStage` unless ``target`` has every merged tensor, shaped and finite."""
-    reference = inputs.models[0]
     floats = []
     for key in inputs.keys:
         value = target.get(key)
         if value is None:
             raise BadStage(f"no output for {key!r}")
-        if value.shape != reference[key].shape:
-            raise BadStage(
-                f"{key!r} has shape {tuple(value.shape)}, expected {tuple(reference[key].shape)}"
-            )
+        shape = inputs.specs[key][0]
+        if value.shape != shape:
+            raise BadStage(f"{key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         if value.is_floating_point():
             floats.append((key, value))
     if not floats:
@@ -98,6 +96,6 @@ def linear_fallback(
         if sources[0][key].is_floating_point():
             wk = resolve_weights_for(w, key) if per_tensor else w
             merged = weighted_sum([compute(s[key]) for s in sources], wk)
-            put(target, key, merged, final, inputs.models[0][key].dtype)
+            put(target, key, merged, final, inputs.specs[key][1])
         else:
             put(target, key, sources[0][key], final)

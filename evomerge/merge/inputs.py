@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 import torch
 
@@ -10,6 +10,62 @@ from evomerge.merge.base import MergeConfigError
 from evomerge.merge.results import StageLog
 
 Tensors = Mapping[str, torch.Tensor]
+#: A tensor's shape and dtype, known without reading its values.
+TensorSpec = tuple[torch.Size, torch.dtype]
+
+
+class FetchedTensors(Mapping[str, torch.Tensor]):
+    """A state dict whose tensors live elsewhere (host memory, a file) and are fetched when read.
+
+    Why: inputs resident on the merge device are what stops an 8B run fitting one
+    80 GB GPU (four bf16 copies are 64 GB before any candidate); the engine only
+    ever reads one key of each source at a time, so the inputs can stay where they
+    are and come to the device tensor by tensor. Shapes and dtypes are known up
+    front (``spec``), so checks never fetch. The last tensor read is kept until
+    another key is read, because the stages of a streamed chain read the same key
+    of an input one after another; ``release`` drops it when a merge is done.
+    Subclasses implement ``_fetch``; see evomerge/evolution/residency.py.
+    """
+
+    def __init__(self, specs: Mapping[str, TensorSpec]) -> None:
+        self._specs = dict(specs)
+        self._last: tuple[str, torch.Tensor] | None = None
+
+    def _fetch(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        if key not in self._specs:
+            raise KeyError(key)
+        value = self._fetch(key)
+        self._last = (key, value)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def spec(self, key: str) -> TensorSpec:
+        return self._specs[key]
+
+    def release(self) -> None:
+        """Drop the tensor kept from the last read."""
+        self._last = None
+
+
+def tensor_spec(state: Tensors, key: str) -> TensorSpec:
+    """``state[key]``'s shape and dtype, without fetching it when ``state`` is fetched."""
+    if isinstance(state, FetchedTensors):
+        return state.spec(key)
+    value = state[key]
+    return value.shape, value.dtype
 
 
 class InputSet:
@@ -40,9 +96,13 @@ class InputSet:
                 f"input names must be {len(models)} distinct names, got {self.names}"
             )
         self.base, self.base_name, self.cache = base, base_name, cache
-        self.all_keys = list(self.models[0])
-        self.aliases = tied_aliases(self.models[0])
+        first = self.models[0]
+        self.all_keys = list(first)
+        # fetched tensors are never tied: each read is a tensor of its own
+        self.aliases = {} if isinstance(first, FetchedTensors) else tied_aliases(first)
         self.keys = [k for k in self.all_keys if k not in self.aliases]  # the tensors merged
+        #: input 1's shape and dtype per merged key (what outputs are checked and stored as)
+        self.specs = {key: tensor_spec(first, key) for key in self.keys}
         others = [*self.models[1:], *([base] if base is not None else [])]
         for i, other in enumerate(others, start=2):
             label = f"input {i}" if i <= len(self.models) else "base model"
@@ -52,10 +112,11 @@ class InputSet:
                     f"{label} has different tensors than input 1 (first: {diff[0]!r})"
                 )
             for key in self.keys:
-                if other[key].shape != self.models[0][key].shape:
+                shape = tensor_spec(other, key)[0]
+                if shape != self.specs[key][0]:
                     raise MergeConfigError(
-                        f"{label} tensor {key!r} has shape {tuple(other[key].shape)}, "
-                        f"input 1 has {tuple(self.models[0][key].shape)}"
+                        f"{label} tensor {key!r} has shape {tuple(shape)}, "
+                        f"input 1 has {tuple(self.specs[key][0])}"
                     )
         self.stage_cache: dict[str, tuple[dict[str, torch.Tensor], StageLog]] = {}
         self.delta_cache: dict[str, dict[str, list[torch.Tensor]]] = {}
@@ -65,6 +126,12 @@ class InputSet:
         if self.base is not None:
             env[self.base_name] = self.base
         return env
+
+    def release_fetched(self) -> None:
+        """Drop what fetched inputs keep from their last read (a merge is done with them)."""
+        for state in [*self.models, self.base]:
+            if isinstance(state, FetchedTensors):
+                state.release()
 
 
 def tied_aliases(state: Tensors) -> dict[str, str]:

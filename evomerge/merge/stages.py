@@ -117,7 +117,7 @@ class TensorStep:
     def put(self, key: str, value: torch.Tensor, floating: bool) -> None:
         """Store ``value`` in the stage's target (the inputs' dtype when it is the final output)."""
         call = self.call
-        dtype = call.inputs.models[0][key].dtype if floating else None
+        dtype = call.inputs.specs[key][1] if floating else None
         put(call.target, key, value, call.final, dtype)
 
 

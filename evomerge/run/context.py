@@ -14,6 +14,8 @@ from evomerge.evolution.recipe import Recipe
 EXIT_PASS, EXIT_BELOW_TARGET, EXIT_BAD_INPUT = 0, 1, 2
 #: 3 inputs + 8 population slots + 1 merge workspace (see evomerge/evolution/loop.py)
 RESIDENT_LIMIT = 12
+#: candidates a genome strategy materialises at once on one process (evomerge/run/search.py)
+IN_FLIGHT = 2
 
 
 @dataclass

@@ -19,6 +19,7 @@ from evomerge.evolution.display import GenerationDisplay
 from evomerge.evolution.loop import EvolutionLoop, LoopSettings, MergeFn
 from evomerge.evolution.pool import weights
 from evomerge.evolution.recipe import Recipe
+from evomerge.evolution.residency import InputWeights
 from evomerge.run.context import RunContext, recipe_hash
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference
@@ -37,7 +38,7 @@ def make_merge(engine: Any) -> MergeFn:
     """The loop's ``merge``: a combo into ``out``, recorded as its resolved config (for lineage)."""
 
     def merge(
-        label: str, parents: Sequence[PreTrainedModel], out: PreTrainedModel, seed: int
+        label: str, parents: Sequence[InputWeights], out: PreTrainedModel, seed: int
     ) -> dict[str, Any]:
         result = engine.merge_combo(
             label, [weights(p) for p in parents], out=weights(out), seed=seed, scratch_model=out

@@ -6,7 +6,7 @@ Validation comes before the output dir is touched, so bad input writes nothing.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,27 +18,52 @@ from evomerge.device import resolve_device, storage_dtype
 from evomerge.evolution.checkpoint import Checkpoint
 from evomerge.evolution.pool import ModelPool, load_weights_, weights
 from evomerge.evolution.recipe import Recipe, RecipeError
-from evomerge.run.context import RESIDENT_LIMIT, RunContext
+from evomerge.evolution.residency import (
+    FileTensors,
+    HostTensors,
+    InputWeights,
+    Residency,
+    choose_residency,
+    free_memory,
+)
+from evomerge.run.context import IN_FLIGHT, RESIDENT_LIMIT, RunContext
 
 
 @dataclass
 class PreparedInputs:
-    """The validated, resident inputs and what later stages build on them."""
+    """The validated inputs, held where ``residency`` says, and what later stages build on them."""
 
     paths: list[Path]
     layout: Any  # evomerge.data.DataLayout: the demo corpora the tasks are written from
     device: torch.device
     model_config: Any  # the inputs' transformers config
     pool: ModelPool
-    inputs: list[PreTrainedModel]
+    inputs: list[InputWeights]
     tokenizer: Any
     base_path: Path | None = None  # the inputs' common ancestor, when known
+    residency: Residency = "device"
+    architecture: str = ""
 
-    def load_base(self) -> PreTrainedModel | None:
-        """The ancestor's weights in a pool slot (genome strategies search against it)."""
+    def load_base(self) -> InputWeights | None:
+        """The ancestor's weights, held as the inputs are (genome strategies search against it)."""
         if self.base_path is None:
             return None
-        return load_inputs([self.base_path], self.pool)[0]
+        return load_inputs([self.base_path], self.pool, self.residency, self.architecture)[0]
+
+    def each_input_model(self) -> Iterator[PreTrainedModel]:
+        """Each input as a model on the device, for scoring: itself when it is resident,
+        else a pool slot it is copied into, given back when the next is asked for."""
+        for held in self.inputs:
+            if isinstance(held, PreTrainedModel):
+                yield held
+                continue
+            slot = self.pool.acquire()
+            try:
+                load_weights_(slot, held)
+                held.release()
+                yield slot
+            finally:
+                self.pool.release(slot)
 
 
 def resolve_inputs(
@@ -73,21 +98,35 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def load_inputs(paths: Sequence[Path], pool: ModelPool) -> list[PreTrainedModel]:
-    """Each input's weights copied into a pool slot (so the inputs count against the bound).
+def load_inputs(
+    paths: Sequence[Path], pool: ModelPool, residency: Residency = "device", architecture: str = ""
+) -> list[InputWeights]:
+    """Each input held where ``residency`` says, in the pool's storage dtype.
 
-    Loaded in the pool's storage dtype, so no input is ever held in two precisions.
+    ``device``: its weights copied into a pool slot (so the inputs count against
+    the bound); ``host``: its weights in host memory, fetched per tensor;
+    ``disk``: read from its safetensors files per tensor, never held.
+    No input is ever held in two precisions.
     """
     from transformers import AutoModelForCausalLM
 
-    models = []
+    if residency == "disk":
+        template = pool.acquire()  # names, shapes, dtype and device of the run's models
+        try:
+            return [FileTensors.open(Path(p), architecture, template) for p in paths]
+        finally:
+            pool.release(template)
+    held: list[InputWeights] = []
     for path in paths:
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=pool.dtype)
-        slot = pool.acquire()
-        load_weights_(slot, {k: v for k, v in weights(loaded).items()})
-        models.append(slot)
+        if residency == "host":
+            held.append(HostTensors(weights(loaded), pool.device))
+        else:
+            slot = pool.acquire()
+            load_weights_(slot, weights(loaded))
+            held.append(slot)
         del loaded
-    return models
+    return held
 
 
 def check_layer_groups(recipe: Recipe, config: Any) -> None:
@@ -135,8 +174,9 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         model = arch.model_class(config)
         return model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
 
-    pool = ModelPool(factory, capacity=RESIDENT_LIMIT, dtype=dtype)
-    inputs = load_inputs(paths, pool)
+    pool = ModelPool(factory, capacity=RESIDENT_LIMIT, dtype=dtype, device=device)
+    residency = input_residency(recipe, validated.param_count, dtype, device, base is not None)
+    inputs = load_inputs(paths, pool, residency, validated.architecture)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
     return PreparedInputs(
         [Path(p) for p in paths],
@@ -147,4 +187,27 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         inputs,
         tokenizer,
         Path(base) if base is not None else None,
+        residency,
+        validated.architecture,
+    )
+
+
+def input_residency(
+    recipe: Recipe, params: int, dtype: torch.dtype, device: torch.device, has_base: bool
+) -> Residency:
+    """``device.inputs``, resolved: for ``auto``, whether inputs and candidates fit the device."""
+    from evomerge.search.strategy import find_strategy
+
+    model_bytes = params * dtype.itemsize
+    seed_loop = find_strategy(recipe.evolution.strategy).kind == "weights"
+    # the seed loop holds its whole population; genome strategies only what is in flight
+    candidates = RESIDENT_LIMIT - 3 if seed_loop else IN_FLIGHT
+    device_free, host_available = free_memory(device)
+    return choose_residency(
+        recipe.device.inputs,
+        device=device,
+        input_bytes=model_bytes * (3 + has_base),
+        candidate_bytes=model_bytes * candidates,
+        device_free=device_free,
+        host_available=host_available,
     )

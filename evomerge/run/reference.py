@@ -102,7 +102,7 @@ def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
     harness = FitnessHarness.build(
         suite, prep.tokenizer, prep.device, config=cfg, model_config=prep.model_config
     )
-    measurements = [harness.measure(m) for m in prep.inputs]
+    measurements = [harness.measure(m) for m in prep.each_input_model()]
     composite, shared = _normalisation(ctx, CompositeFitness, cfg, measurements)
     for m in measurements:
         apply_shared_cost(m, shared)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from evomerge.evolution.loop import LoopState
 from evomerge.evolution.pool import load_weights_, weights
 from evomerge.evolution.rebuild import replay_node
 from evomerge.evolution.recipe import Recipe
+from evomerge.evolution.residency import InputWeights
 from evomerge.evolution.tracking import HELD_OUT_LABELS, read_log
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
 from evomerge.merge.combos import COMBO_LABELS
@@ -69,7 +70,7 @@ def held_out_scorer(
     tokenizer: Any,
     device: torch.device,
     model_config: Any,
-    inputs: Sequence[PreTrainedModel],
+    inputs: Iterable[PreTrainedModel],
 ) -> HeldOut:
     """Build the test-split harness (``report_max_items`` documents per task) and score the inputs."""
     from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for
@@ -112,9 +113,7 @@ def save_champion(
     return champion_dir
 
 
-def uniform_average_into(
-    engine: Any, inputs: Sequence[PreTrainedModel], out: PreTrainedModel
-) -> str:
+def uniform_average_into(engine: Any, inputs: Sequence[InputWeights], out: PreTrainedModel) -> str:
     """The inputs' uniform average (``linear``, weights 1/3) into ``out``; its merge config."""
     from evomerge.merge.config import ComboConfig, ModelEntry, StageDoc
     from evomerge.merge.inputs import InputSet
@@ -273,7 +272,7 @@ def build_result(
             "peak": prep.pool.peak_live,
             "allocated": prep.pool.allocated,
         },
-        "device": device_report(prep.device, prep.pool.dtype),
+        "device": {**device_report(prep.device, prep.pool.dtype), "inputs": prep.residency},
         "resources": resources(
             prep.device,
             loop.checkpoint,
@@ -345,7 +344,12 @@ def write_report(
     load_weights_(champion, loop.finish())  # the population is done: its slots are free
     champion_dir = save_champion(ctx.out, champion, prep.tokenizer, prep.paths[0])
     held = held_out_scorer(
-        ctx.recipe, ref.task_dir, prep.tokenizer, prep.device, prep.model_config, prep.inputs
+        ctx.recipe,
+        ref.task_dir,
+        prep.tokenizer,
+        prep.device,
+        prep.model_config,
+        prep.each_input_model(),
     )
     test_champion = held.score(champion)
     baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)

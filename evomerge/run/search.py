@@ -35,15 +35,13 @@ from evomerge.evolution.loop import LoopState
 from evomerge.evolution.operators import apply_genome_mutation_, derive_seed
 from evomerge.evolution.pool import weights
 from evomerge.merge.combos import COMBO_LABELS
-from evomerge.run.context import RunContext, recipe_hash
+from evomerge.run.context import IN_FLIGHT, RunContext, recipe_hash
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference, fitness_config, fitness_suite
 from evomerge.search.genome import Genome, decoder_layers, genome_config, layer_group_filters
 from evomerge.search.strategy import SearchContext, SearchState, build_strategy
 
 STATE_FORMAT = "evomerge.run.search/1"
-#: candidates materialised at once on one process
-IN_FLIGHT = 2
 
 
 @dataclass

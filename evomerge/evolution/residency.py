@@ -1,0 +1,165 @@
+"""Where a run keeps its input weights: on the device, in host memory, or in their files.
+
+The engine reads one key of each input at a time (evomerge/merge/streaming.py),
+so the inputs need not sit on the merge device. Held there, four bf16 copies of
+an 8B model (three fine-tunes and their base) are 64 GB before the first
+candidate, and with two candidates an 80 GB GPU is full; held in host memory
+(``host``) or left in their safetensors files (``disk``), the device holds only
+the candidates being merged and scored, and each input tensor travels to the
+device when a merge reads it (docs/recipes.md "Where the inputs live").
+
+``auto`` keeps the inputs on the device wherever inputs plus candidates fit its
+free memory; on a GPU it falls back to host memory, then to the files; on the
+CPU (where host memory is the device's) straight to the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel
+
+from evomerge.evolution.model_dir import ShardReader, fail, read_model
+from evomerge.merge.inputs import FetchedTensors, TensorSpec, tied_aliases
+
+Residency = Literal["device", "host", "disk"]
+#: An input as a run holds it: a model in a pool slot on the device (``device``), or
+#: weights fetched to the device when read (``host``, ``disk``).
+InputWeights = PreTrainedModel | FetchedTensors
+RESIDENCIES: tuple[str, ...] = ("auto", "device", "host", "disk")
+#: Room kept above the weights for one eval batch, merge temporaries and the allocator.
+HEADROOM = 1.25
+#: File bytes a ``disk`` input reads before it unmaps them: one streamed merge of the 99M
+#: llama family peaked at 2.28 GB host RSS with 256 MB per input, 1.56-1.61 GB with 32 MB,
+#: 1.51 GB closing after every read (docs/benchmarks.md "Scale").
+READ_BUDGET = 32 * 2**20
+
+
+def choose_residency(
+    requested: str,
+    *,
+    device: torch.device,
+    input_bytes: int,
+    candidate_bytes: int,
+    device_free: int | None,
+    host_available: int | None,
+) -> Residency:
+    """``requested``, or for ``auto`` the first of device / host / disk that holds the inputs.
+
+    ``input_bytes``: every input and the base in the storage dtype;
+    ``candidate_bytes``: the candidates resident at once. A free figure of None
+    is unknown and taken to fit.
+    """
+    if requested != "auto":
+        if requested not in RESIDENCIES:
+            raise ValueError(f"unknown residency {requested!r} (one of {', '.join(RESIDENCIES)})")
+        return requested  # type: ignore[return-value]
+    if device.type == "cpu":  # host memory is the device's: resident, or left in the files
+        device_free, host_available = host_available, 0
+    if device_free is None or (input_bytes + candidate_bytes) * HEADROOM <= device_free:
+        return "device"
+    if host_available is None or input_bytes * HEADROOM <= host_available:
+        return "host"
+    return "disk"
+
+
+def free_memory(device: torch.device) -> tuple[int | None, int | None]:
+    """(free bytes on ``device`` when it is a GPU, available host bytes), None when unknown."""
+    device_free = None
+    if device.type == "cuda":
+        device_free = int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        host = int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        host = None
+    return device_free, host
+
+
+class HostTensors(FetchedTensors):
+    """Weights kept in host memory, copied to ``device`` when read (on the CPU: the tensor itself).
+
+    Pageable, not pinned: torch's pinned allocator rounds every block up to a
+    power of two (a 1.05 GB Llama-3 embedding pins 2 GB), which for the 7-8B
+    inputs this exists for can cost more host memory than the inputs
+    themselves. Pinning in place (``cudaHostRegister``) is the measured next
+    step (benchmarks/gpu_scale.sh host), not taken blind.
+    """
+
+    def __init__(self, state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        self._host = dict(state)
+        self.device = device
+        super().__init__({key: (v.shape, v.dtype) for key, v in self._host.items()})
+
+    def _fetch(self, key: str) -> torch.Tensor:
+        return self._host[key].to(self.device)
+
+
+class FileTensors(FetchedTensors):
+    """Weights read from the model's safetensors files when read, never held.
+
+    Each read is cast to the storage dtype (what ``from_pretrained(dtype=...)``
+    does) and moved to the device; the files' pages are unmapped as the
+    :class:`ShardReader` goes, so host memory holds the tensors in use only.
+    The names are the model's own state-dict names: a tied tensor saved once
+    under its partner's name is read from that name. (mergekit's
+    ``LazyTensorLoader`` reads the same way but keeps its current shard mapped
+    until it opens another, so a single-file input ends up wholly in RSS: the
+    cost this class exists to avoid. Both sit on ``safetensors.safe_open``.)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        specs: Mapping[str, TensorSpec],
+        sources: Mapping[str, tuple[Path, str]],
+        device: torch.device,
+    ) -> None:
+        super().__init__(specs)
+        self.path, self.device = path, device
+        self._sources = dict(sources)
+        self._reader = ShardReader(READ_BUDGET)
+
+    @classmethod
+    def open(cls, path: Path, architecture: str, template: PreTrainedModel) -> FileTensors:
+        """``path``'s weights laid out as ``template`` (a model of the run's: names, shapes,
+        dtype, device). Its full state dict has the tied names too, so a tied tensor saved
+        under either name is found."""
+        files = read_model(path, architecture)
+        state = template.state_dict()
+        aliases = tied_aliases(state)
+        partners: dict[str, list[str]] = {}
+        for alias, first in aliases.items():
+            partners.setdefault(first, []).append(alias)
+        specs: dict[str, TensorSpec] = {}
+        sources: dict[str, tuple[Path, str]] = {}
+        for key, value in state.items():
+            if key in aliases:
+                continue
+            stored = next((n for n in [key, *partners.get(key, [])] if n in files.files), None)
+            if stored is None:
+                raise fail(path, "weights", f"tensor {key!r} is not in the safetensors files")
+            if files.shapes[stored] != tuple(value.shape):
+                raise fail(
+                    path,
+                    "weights",
+                    f"tensor {stored!r} has shape {list(files.shapes[stored])}, "
+                    f"the model has {list(value.shape)}",
+                )
+            specs[key] = (value.shape, value.dtype)
+            sources[key] = (files.files[stored], stored)
+        return cls(path, specs, sources, template.device)
+
+    def _fetch(self, key: str) -> torch.Tensor:
+        shard, name = self._sources[key]
+        dtype = self.spec(key)[1]
+        value = self._reader.get(shard, name)
+        return value.to(device=self.device, dtype=dtype if value.is_floating_point() else None)
+
+    def release(self) -> None:
+        super().release()
+        self._reader.close()
