@@ -84,6 +84,18 @@ def test_file_tensors_read_what_from_pretrained_loads(real_family, dtype: torch.
     stored.release()
 
 
+def test_file_tensors_read_a_sharded_model(tiny_llama_family, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A model saved in several shards (model.safetensors.index.json) reads tensor by tensor
+    from the shard that holds it, and the reader unmaps as it goes."""
+    family = tiny_llama_family
+    model = family.build(family.models[0])
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+    stored = FileTensors.open(tmp_path / "sharded", "llama", family.build())
+    assert all(torch.equal(stored[k], v) for k, v in weights(model).items())
+    stored.release()
+
+
 def _fetched(kind: str, states: list[dict[str, torch.Tensor]], dirs: list[str], family: Any):  # type: ignore[no-untyped-def]
     if kind == "host":
         return [HostTensors(s, torch.device("cpu")) for s in states]
