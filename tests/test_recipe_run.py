@@ -113,12 +113,25 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     assert result["fitness"] >= max(result["inputs"]["fitness"])
 
 
-def test_lineage_rebuilds_the_champion_bit_identically(finished_run: tuple[Path, int]) -> None:
+@pytest.mark.parametrize("inputs", ["disk", "device"])
+def test_lineage_rebuilds_the_champion_bit_identically(
+    finished_run: tuple[Path, int], inputs: str
+) -> None:
+    """Every node of the seed loop's lineage (combos of combos, mutations stepping toward the
+    inputs) replays exactly, the inputs read from their files or loaded whole."""
     from evomerge.evolution.rebuild import rebuild_champion
 
     out, _ = finished_run
-    _, comparison = rebuild_champion(out / "result.json")
+    _, comparison = rebuild_champion(out / "result.json", inputs=inputs)  # type: ignore[arg-type]
     assert comparison["bit_identical"], comparison
+
+
+def test_lineage_rebuild_refuses_an_unknown_inputs_mode(finished_run: tuple[Path, int]) -> None:
+    out, _ = finished_run
+    result = CliRunner().invoke(
+        app, ["lineage", "rebuild", str(out / "result.json"), "--inputs", "host"]
+    )
+    assert result.exit_code == 2 and "--inputs: 'host' is not one of disk, device" in result.output
 
 
 def test_report_scores_the_loop_against_honest_baselines(

@@ -21,6 +21,11 @@ def rebuild_cmd(
     device: str = typer.Option(
         "cpu", "--device", help="Device to rebuild on (the run's, for bit-identity)."
     ),
+    inputs: str = typer.Option(
+        "disk",
+        "--inputs",
+        help="disk: read the inputs from their files per tensor; device: load them whole.",
+    ),
 ) -> None:
     """Replay the champion's lineage from the three inputs and compare with the saved champion."""
     import json
@@ -30,7 +35,10 @@ def rebuild_cmd(
     from evomerge.evolution.rebuild import rebuild_champion, save_rebuilt
 
     console = Console()
-    model, comparison = rebuild_champion(result_json, device=device)
+    if inputs not in ("disk", "device"):
+        console.print(f"--inputs: {inputs!r} is not one of disk, device")
+        raise typer.Exit(2)
+    model, comparison = rebuild_champion(result_json, device=device, inputs=inputs)  # type: ignore[arg-type]
     if out is not None:
         inputs = json.loads(result_json.read_text())["inputs"]["models"]
         save_rebuilt(model, out, Path(inputs[0]))

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
 from evomerge.evolution.operators import apply_genome_mutation_, apply_mutation_
 from evomerge.evolution.pool import copy_weights_, weights
-from evomerge.evolution.residency import InputWeights
+from evomerge.evolution.residency import FileTensors, InputWeights
 from evomerge.merge.engine import MergeEngine
 
 
@@ -64,12 +64,18 @@ def replay_node(
 
 
 def rebuild_champion(
-    result_path: Path, device: str = "cpu"
+    result_path: Path, device: str = "cpu", inputs: Literal["disk", "device"] = "disk"
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """The champion rebuilt from ``result.json``; also returns a comparison with the saved one."""
+    """The champion rebuilt from ``result.json``; also returns a comparison with the saved one.
+
+    ``inputs``: ``disk`` reads the inputs (and base) from their safetensors files tensor by
+    tensor, so only the models being rebuilt are held; ``device`` loads them whole first.
+    The weights are the same either way (tests/test_residency.py).
+    """
     from transformers import AutoModelForCausalLM
 
     import evomerge
+    from evomerge.architectures import get_architecture
 
     evomerge.load_plugins()  # the inputs may be a plugin's family
 
@@ -80,29 +86,39 @@ def rebuild_champion(
     dev = torch.device(device)
     # The dtype the run held every model in (runs before device.storage: fp32).
     dtype = getattr(torch, result.get("device", {}).get("storage", "float32"))
-    inputs = [
-        AutoModelForCausalLM.from_pretrained(p, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
-        for p in result["inputs"]["models"]
-    ]
-    built: dict[str, PreTrainedModel] = dict(zip(INPUT_IDS, inputs, strict=True))
+    paths = [Path(p) for p in result["inputs"]["models"]]
+    model_type = json.loads((paths[0] / "config.json").read_text())["model_type"]
+    arch = get_architecture(model_type)
+    config = arch.config_class.from_pretrained(paths[0])
+
+    def new_model() -> PreTrainedModel:
+        return arch.model_class(config).to(device=dev, dtype=dtype).eval()  # type: ignore[call-arg]
+
+    template = new_model() if inputs == "disk" else None  # the layout files are read into
+
+    def held(path: Path) -> InputWeights:
+        if template is not None:
+            return FileTensors.open(path, model_type, template)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
+
+    loaded = [held(p) for p in paths]
+    built: dict[str, InputWeights] = dict(zip(INPUT_IDS, loaded, strict=True))
     base = result["inputs"].get("base_model")
     if any(BASE_ID in n.parents for n in nodes):
         if not base:
             raise ValueError(f"{result_path}: the champion needs the inputs' base model")
-        built[BASE_ID] = (
-            AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
-        )
+        built[BASE_ID] = held(Path(base))
     pending = Counter(p for n in nodes for p in n.parents)  # children still to build, per parent
     engine = MergeEngine()
-    template = inputs[0]
     for node in nodes:
-        out = type(template)(template.config).to(device=dev, dtype=dtype).eval()
-        built[node.id] = replay_node(engine, node, [built[p] for p in node.parents], inputs, out)
+        out = new_model()
+        built[node.id] = replay_node(engine, node, [built[p] for p in node.parents], loaded, out)
         for parent in node.parents:
             pending[parent] -= 1
             if pending[parent] == 0 and parent not in (*INPUT_IDS, BASE_ID):
                 del built[parent]  # free intermediates as soon as no child needs them
     champion = built[nodes[-1].id]
+    assert isinstance(champion, PreTrainedModel)
     return champion, _compare_with_saved(champion, Path(result["model"]), dev, len(nodes))
 
 
