@@ -85,8 +85,8 @@ def test_file_tensors_read_what_from_pretrained_loads(real_family, dtype: torch.
 
 
 def test_file_tensors_read_a_sharded_model(tiny_llama_family, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A model saved in several shards (model.safetensors.index.json) reads tensor by tensor
-    from the shard that holds it, and the reader unmaps as it goes."""
+    """A model saved in several shards (model.safetensors.index.json) reads each tensor from
+    the shard that holds it."""
     family = tiny_llama_family
     model = family.build(family.models[0])
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
