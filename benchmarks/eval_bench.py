@@ -64,24 +64,22 @@ def main() -> None:
     from evomerge.fitness.lm_eval_adapter import EvoMergeLM
     from evomerge.fitness.testing import (
         LARGE_MODULES,
-        make_llama,
-        make_tokenizer,
-        make_trm,
+        make_bench_model,
         stdlib_paragraphs,
         write_fixture_data,
     )
 
     paragraphs = stdlib_paragraphs(modules=LARGE_MODULES)
-    if args.model == "trm-tiny":
-        model = make_trm("tiny", max_positions=256)
-        tokenizer = make_tokenizer(paragraphs, vocab_size=model.config.vocab_size)
-        label = "TRM x Titans-MAG tiny"
-    else:
-        tokenizer = make_tokenizer(paragraphs, vocab_size=args.vocab)
-        model = make_llama(
-            len(tokenizer), hidden=args.hidden, layers=args.layers, max_positions=256
-        )
-        label = f"Llama h{args.hidden} L{args.layers}"
+    trm = args.model == "trm-tiny"
+    model, tokenizer = make_bench_model(
+        paragraphs,
+        "tiny" if trm else None,
+        hidden=args.hidden,
+        layers=args.layers,
+        vocab=args.vocab,
+        max_positions=256,
+    )
+    label = "TRM x Titans-MAG tiny" if trm else f"Llama h{args.hidden} L{args.layers}"
     n_params = sum(p.numel() for p in model.parameters())
     tmp = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     task_dir = write_tasks(

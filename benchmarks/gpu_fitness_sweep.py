@@ -40,22 +40,20 @@ def main() -> None:
     from evomerge.fitness import FitnessConfig, FitnessHarness, suite_for, write_tasks
     from evomerge.fitness.testing import (
         LARGE_MODULES,
-        make_llama,
-        make_tokenizer,
-        make_trm,
+        make_bench_model,
         stdlib_paragraphs,
         write_fixture_data,
     )
 
     paragraphs = stdlib_paragraphs(modules=LARGE_MODULES)
-    if args.model == "trm":
-        model = make_trm(args.preset, max_positions=512)
-        tokenizer = make_tokenizer(paragraphs, vocab_size=model.config.vocab_size)
-    else:
-        tokenizer = make_tokenizer(paragraphs, vocab_size=8192)
-        model = make_llama(
-            len(tokenizer), hidden=args.hidden, layers=args.layers, max_positions=512
-        )
+    model, tokenizer = make_bench_model(
+        paragraphs,
+        args.preset if args.model == "trm" else None,
+        hidden=args.hidden,
+        layers=args.layers,
+        vocab=8192,
+        max_positions=512,
+    )
     model = model.to(args.device).eval()
     tmp = Path(tempfile.mkdtemp(prefix="fitness-sweep-"))
     task_dir = write_tasks(

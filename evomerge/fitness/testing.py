@@ -127,6 +127,25 @@ def make_llama(
     return model.eval()
 
 
+def make_bench_model(
+    paragraphs: list[str],
+    trm_preset: str | None,
+    *,
+    hidden: int,
+    layers: int,
+    vocab: int,
+    max_positions: int,
+) -> tuple[Any, PreTrainedTokenizerFast]:
+    """The benchmarks' model and a BPE sized to it: TRM ``trm_preset``, or (None) a Llama
+    of ``hidden`` x ``layers`` over a ``vocab``-token BPE trained on ``paragraphs``."""
+    if trm_preset is not None:
+        model = make_trm(trm_preset, max_positions=max_positions)
+        return model, make_tokenizer(paragraphs, vocab_size=model.config.vocab_size)
+    tokenizer = make_tokenizer(paragraphs, vocab_size=vocab)
+    llama = make_llama(len(tokenizer), hidden=hidden, layers=layers, max_positions=max_positions)
+    return llama, tokenizer
+
+
 @dataclass(frozen=True)
 class FixtureLayout:
     """The ``evomerge.data.DataLayout`` interface over files written by :func:`write_fixture_data`."""
