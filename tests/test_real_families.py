@@ -140,6 +140,24 @@ def test_every_combo_exports_a_loadable_faithful_model(
     assert generated.shape == (1, ids.shape[1] + 4)
 
 
+def test_combos_export_names_the_input_that_differs(
+    real_family, calibration_text: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Inputs are read from their files as the merge goes; one of another family is a
+    one-line error naming its config before anything is merged or written."""
+    llama, qwen = real_family("llama"), real_family("qwen2")
+    out = tmp_path / "x"
+    models = [*llama.models[:2], qwen.models[0]]
+    args = ["combos", "export", "011", "--models", *models, "--out", str(out)]
+    done = CliRunner().invoke(app, [*args, "--calibration", str(calibration_text)])
+    assert done.exit_code == 2
+    message = done.output.strip().splitlines()[-1]  # after transformers' loading bar
+    assert message == (
+        f"error: {qwen.models[0]}/config.json: model_type: is 'qwen2', expected 'llama'"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("label", ["000", "001"])  # b2: frankenmerge (passthrough slices), dfs
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_selection_stage_replays_in_mergekit(

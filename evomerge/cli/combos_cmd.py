@@ -130,10 +130,16 @@ def _execute(
     calibration: str | None,
     label: str | None,
 ) -> None:
-    from evomerge.merge import MergeEngine
-    from evomerge.merge.io import load_inputs, save_merged, text_calibration
+    from evomerge.evolution.model_dir import InputValidationError
+    from evomerge.evolution.residency import file_input_set
+    from evomerge.merge import MergeConfigError, MergeEngine
+    from evomerge.merge.io import load_model, save_merged, text_calibration
 
-    inputs, model = load_inputs(names, base)
+    model = load_model(names[0])  # merged into; the inputs are read from their files
+    try:
+        inputs = file_input_set(names, base, model)
+    except InputValidationError as exc:
+        raise MergeConfigError(str(exc)) from None
     calib = text_calibration(names[0], calibration) if calibration else None
     engine = MergeEngine(calibration=calib)
     result = engine.run_config(

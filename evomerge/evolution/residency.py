@@ -15,7 +15,7 @@ CPU (where host memory is the device's) straight to the files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from evomerge.evolution.model_dir import ShardReader, fail, read_model
-from evomerge.merge.inputs import FetchedTensors, TensorSpec, tied_aliases
+from evomerge.merge.inputs import FetchedTensors, InputSet, TensorSpec, tied_aliases
 
 Residency = Literal["device", "host", "disk"]
 #: An input as a run holds it: a model in a pool slot on the device (``device``), or
@@ -163,3 +163,20 @@ class FileTensors(FetchedTensors):
     def release(self) -> None:
         super().release()
         self._reader.close()
+
+
+def file_input_set(paths: Sequence[str], base: str | None, template: PreTrainedModel) -> InputSet:
+    """The inputs (and base) of a one-off merge (``evomerge combos export|run``), read from
+    their files tensor by tensor as the merge goes.
+
+    Loaded whole they would be three or four more copies of the model beside the one
+    merged into (``template``, which names the architecture, shapes and dtype): 4.4 GB
+    peak for a 99M fp32 llama merge where the files need one (docs/benchmarks.md "Scale").
+    A model that differs from ``template`` is a one-line InputValidationError naming it.
+    """
+    architecture = str(template.config.model_type)
+    models = [FileTensors.open(Path(p), architecture, template) for p in paths]
+    ancestor = FileTensors.open(Path(base), architecture, template) if base else None
+    return InputSet(
+        models, base=ancestor, names=list(paths), base_name=base or "base_model", cache=False
+    )

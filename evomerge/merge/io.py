@@ -1,4 +1,4 @@
-"""Disk edges of merging (CLI only): load input models, build a text calibration, save the result.
+"""Disk edges of merging (CLI only): load a model, build a text calibration, save the result.
 
 The engine itself never touches disk; these helpers feed it and store what it made.
 """
@@ -6,7 +6,7 @@ The engine itself never touches disk; these helpers feed it and store what it ma
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +14,6 @@ import torch
 
 from evomerge.data.tokenizer import TOKENIZER_FILES
 from evomerge.merge.base import MergeConfigError
-from evomerge.merge.engine import InputSet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -31,14 +30,6 @@ def load_model(path: str) -> PreTrainedModel:
     evomerge.load_plugins()  # plugin architectures load with AutoModel
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def load_inputs(paths: Sequence[str], base: str | None = None) -> tuple[InputSet, PreTrainedModel]:
-    """An :class:`InputSet` named by the paths, and a fresh copy of the first model to merge into."""
-    states = [load_model(p).state_dict() for p in paths]
-    base_state = load_model(base).state_dict() if base else None
-    inputs = InputSet(states, base=base_state, names=list(paths), base_name=base or "base_model")
-    return inputs, load_model(paths[0])
 
 
 def text_calibration(
