@@ -31,7 +31,13 @@ def main() -> None:
     parser.add_argument("--preset", default="phase1-25m", help="TRM preset")
     parser.add_argument("--hidden", type=int, default=1024, help="llama width")
     parser.add_argument("--layers", type=int, default=8, help="llama layers")
-    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[8192, 32768, 131072])
+    parser.add_argument(
+        "--batch-tokens",
+        type=lambda v: v if v == "auto" else int(v),
+        nargs="+",
+        default=[8192, 32768, 131072, "auto"],
+        help="token counts, or auto (sized to the device at the first measure)",
+    )
     parser.add_argument("--shared", nargs="+", default=["off", "on"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -97,6 +103,7 @@ def main() -> None:
                         "model": args.model if args.model == "llama" else args.preset,
                         "items": args.items,
                         "batch_tokens": batch_tokens,
+                        "resolved_batch_tokens": harness.batch_tokens,
                         "shared_contexts": shared,
                         "tokens": packed.n_tokens_context if cached else packed.n_tokens,
                         "seconds": round(statistics.median(times), 4),

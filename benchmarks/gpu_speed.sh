@@ -9,7 +9,7 @@
 #
 # 1. Per-candidate fitness of a phase1-25m-shaped TRM x Titans-MAG (random weights: the
 #    work does not depend on them) on 200 docs x 6 tasks: fitness.batch_tokens 8192 /
-#    32768 / 131072 x shared_contexts off / on (the eval batch sized to the device, and
+#    auto / 131072 / 32768 x shared_contexts off / on (the eval batch sized to the device, and
 #    TRM's context cache), scores checked equal; one JSON line each in $OUT/sweep.jsonl.
 # 2. benchmarks/gpu_probe.py: a few-step phase1-25m family, then the phase2 recipe for 3
 #    generations at 200 docs/task; $OUT/probe/probe.json has the per-generation merge /
@@ -25,7 +25,7 @@ export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 timeout 240 python3 benchmarks/gpu_fitness_sweep.py --device cuda --items 200 \
-  --preset phase1-25m --batch-tokens 8192 32768 131072 --shared off on --repeats 3 \
+  --preset phase1-25m --batch-tokens 8192 auto 131072 32768 --shared off on --repeats 3 \
   > "$OUT/sweep.jsonl" 2> "$OUT/sweep.err"
 echo "sweep exit $?" >> "$OUT/gpu.txt"
 timeout 320 python3 benchmarks/gpu_probe.py --out "$OUT/probe" --generations 3 \

@@ -227,7 +227,8 @@ def main() -> None:
             2,
         ),
         # one forward batch's fp32 logits (fitness.batch_tokens x vocab)
-        "eval_batch_logits_bytes": 8192 * args.vocab * 4,
+        "eval_batch_tokens": result["device"]["eval_batch_tokens"],
+        "eval_batch_logits_bytes": result["device"]["eval_batch_tokens"] * args.vocab * 4,
         "peak_device_bytes": resources["peak_device_bytes"],
         "checkpoint_bytes_per_generation": resources["checkpoint_bytes_per_generation"],
         "test_improvement": result["test_improvement"],

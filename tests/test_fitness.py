@@ -303,6 +303,87 @@ def test_recipe_task_metric_is_its_own_term_outside_the_pooled_accuracy(
         )
 
 
+class _TokenLimit(torch.nn.Module):
+    """``model`` on a device that holds at most ``limit`` input tokens per forward: beyond
+    it, the allocation error a GPU raises (CI has no GPU to run out of memory on)."""
+
+    def __init__(self, model: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.config = model, limit, model.config
+        self.largest = 0
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0, use_cache: bool = False):  # type: ignore[no-untyped-def]
+        if input_ids.numel() > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. ({input_ids.numel()} tokens)")
+        self.largest = max(self.largest, input_ids.numel())
+        return self.model(input_ids=input_ids, logits_to_keep=logits_to_keep, use_cache=use_cache)
+
+
+def test_out_of_memory_halves_the_eval_batch_and_scores_the_same(
+    task_dir: Path, tokenizer, trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    suite = suite_for(task_dir, split="fitness")
+
+    def build(batch_tokens: int | str) -> FitnessHarness:
+        config = FitnessConfig(max_items=N_ITEMS, batch_tokens=batch_tokens, shared_contexts="off")
+        return FitnessHarness.build(
+            suite, tokenizer, "cpu", config=config, model_config=trained.config
+        )
+
+    unlimited = _TokenLimit(trained, limit=10**9)
+    plain = build("auto")  # on the CPU: the fixed default, nothing measured
+    assert plain.batch_tokens == 8192
+    whole = plain.measure(unlimited, cost=False)
+    limit = 600
+    assert unlimited.largest > limit  # the default packing does not fit the "device"
+
+    backing_off = build(8192)
+    limited = _TokenLimit(trained, limit=limit)
+    with caplog.at_level(logging.WARNING, logger="evomerge.fitness.harness"):
+        halved = backing_off.measure(limited, cost=False)
+    assert backing_off.batch_tokens == 512 and limited.largest <= limit
+    assert "out of memory at 8192 tokens per eval batch; retrying at 4096" in caplog.text
+    # exactly what a harness packed at 512 from the start scores; the 8192 packing's
+    # numbers up to float rounding (other padding)
+    assert halved.tasks == build(512).measure(trained, cost=False).tasks
+    for task, metrics in whole.tasks.items():
+        for name, value in metrics.items():
+            assert halved.tasks[task][name] == pytest.approx(value, rel=1e-5), (task, name)
+    # the smaller size stays: the next candidate is scored without another error
+    caplog.clear()
+    assert backing_off.measure(limited, cost=False).tasks == halved.tasks
+    assert "out of memory" not in caplog.text
+
+    with pytest.raises(torch.OutOfMemoryError):  # below 512 tokens the error is the user's
+        build(512).measure(_TokenLimit(trained, limit=100), cost=False)
+
+
+def test_forward_largest_runs_the_biggest_batch_of_the_layout(
+    harness: FitnessHarness, trained
+) -> None:
+    """What ``batch_tokens: auto`` measures on a GPU: one forward of the largest batch."""
+    counted = _TokenLimit(trained, limit=10**9)
+    packed = harness._packed
+    tokens = packed.forward_largest(counted)
+    assert tokens == max(b.input_ids.numel() for b in packed.batches) == counted.largest
+
+
+def test_auto_eval_batch_fits_its_share_of_the_device() -> None:
+    from evomerge.fitness.batching import AUTO_MAX_TOKENS, MIN_BATCH_TOKENS, auto_batch_tokens
+
+    gib = 2**30
+    # a 25M model on an H200: the cap
+    assert auto_batch_tokens(50e3, free=130 * gib, total=140 * gib) == AUTO_MAX_TOKENS
+    # an 8B model with a 128k vocabulary (~1 MiB per token) on an 80 GB GPU holding two
+    # candidates: a quarter of the total (20 GiB) binds, rounded down to a power of two
+    assert auto_batch_tokens(2**20, free=45 * gib, total=80 * gib) == 16384
+    assert auto_batch_tokens(2**20, free=gib // 4, total=80 * gib) == MIN_BATCH_TOKENS
+    with pytest.raises(ValueError, match="batch_tokens"):
+        FitnessConfig(batch_tokens=0)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        FitnessConfig.from_yaml("batch_tokens: big\n")
+
+
 def test_config_yaml_round_trip_and_validation(tmp_path: Path) -> None:
     config = FitnessConfig(weights={"perplexity": 1.0}, task_dirs=[tmp_path], max_items=None)
     assert FitnessConfig.from_yaml(config.to_yaml()) == config

@@ -409,6 +409,7 @@ def test_bf16_inputs_are_held_and_saved_in_bf16(
     out = tmp_path / "out"
     report = json.loads((out / "result.json").read_text())
     assert report["device"]["storage"] == "bfloat16"
+    assert report["device"]["eval_batch_tokens"] == 8192  # batch_tokens: auto, on the CPU
     saved = load_file(out / "champion" / "model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
     assert all(torch.isfinite(t.float()).all() for t in saved.values())

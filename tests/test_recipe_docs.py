@@ -24,7 +24,6 @@ KNOWN_UNDOCUMENTED = {
     "fitness.domains",
     "fitness.split",
     "fitness.ppl_metric",
-    "fitness.batch_tokens",
     "fitness.time_batch_size",
     "fitness.time_seq_len",
     "fitness.time_warmup",

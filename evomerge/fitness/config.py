@@ -9,7 +9,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evomerge.data.layout import DOMAINS
-from evomerge.fitness.scoring import DEFAULT_BATCH_TOKENS
 
 #: The seed's weights: 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory.
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -77,7 +76,9 @@ class FitnessConfig(BaseModel):
     ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
     #: Context length for rolling windows and truncation; None = the model's (as lm-eval).
     max_length: int | None = None
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    #: Input tokens per forward batch (rows x padded length). "auto": 8192 on the CPU; on a
+    #: GPU sized to its memory from one measured batch (docs/fitness.md "Eval batches").
+    batch_tokens: int | Literal["auto"] = "auto"
     #: Multiple-choice contexts forwarded once, choices from the model's cache: "auto" for
     #: transformers KV caches; "on" also for a model's own exact cache (TRM x Titans-MAG:
     #: slower on a 2-thread CPU, faster FLOP-bound); "off": whole rows always. See
@@ -108,7 +109,7 @@ class FitnessConfig(BaseModel):
     @model_validator(mode="after")
     def _check_positive(self) -> FitnessConfig:
         for name in (
-            "batch_tokens",
+            *(("batch_tokens",) if self.batch_tokens != "auto" else ()),
             "time_batch_size",
             "time_seq_len",
             "time_repeats",

@@ -161,7 +161,7 @@ class CostProbe:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             base = torch.cuda.memory_allocated(device)
-            _remember_process_peak(device)  # the reset below would lose the run's peak
+            remember_process_peak(device)  # the reset below would lose the run's peak
             torch.cuda.reset_peak_memory_stats(device)
             logits = self._forward(model, autocast_dtype)
             torch.cuda.synchronize(device)
@@ -182,7 +182,7 @@ class CostProbe:
 _PROCESS_PEAKS: dict[str, int] = {}
 
 
-def _remember_process_peak(device: torch.device) -> None:
+def remember_process_peak(device: torch.device) -> None:
     key = str(device)
     _PROCESS_PEAKS[key] = max(
         _PROCESS_PEAKS.get(key, 0), int(torch.cuda.max_memory_allocated(device))
@@ -191,7 +191,7 @@ def _remember_process_peak(device: torch.device) -> None:
 
 def process_peak_memory(device: torch.device) -> int:
     """This process's allocator peak on a CUDA device, across :meth:`CostProbe.peak_memory` resets."""
-    _remember_process_peak(device)
+    remember_process_peak(device)
     return _PROCESS_PEAKS[str(device)]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from evomerge.device import resolve_device
+from evomerge.fitness import batching
 from evomerge.fitness.config import FitnessConfig
 from evomerge.fitness.cost import CostProbe, noise_stats
 from evomerge.fitness.measurements import Measurements
@@ -32,6 +34,10 @@ from evomerge.fitness.scoring import PackedRequests, RequestEncoder, TokenReques
 from evomerge.fitness.tasks import TaskSuite
 
 SUPPORTED_OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
+logger = logging.getLogger(__name__)
+#: Allocator bytes per input token of one eval batch, by (device, model class, parameters,
+#: shared contexts): measured once per run, reused by every harness built after (minibatches).
+_BYTES_PER_TOKEN: dict[tuple[str, str, int, bool], float] = {}
 
 
 @dataclass
@@ -72,6 +78,7 @@ class FitnessHarness:
         self,
         *,
         plans: dict[str, _TaskPlan],
+        requests: Sequence[TokenRequest],
         packed: PackedRequests,
         probe: CostProbe,
         calibration: torch.Tensor | None,
@@ -80,7 +87,11 @@ class FitnessHarness:
         max_length: int,
     ) -> None:
         self._plans = plans
+        self._requests = requests
         self._packed = packed
+        #: Tokens per eval batch now; ``auto`` on a GPU sizes it at the first ``measure``.
+        self.batch_tokens = batching.initial_batch_tokens(config.batch_tokens)
+        self._size_pending = batching.sizes_to_device(config.batch_tokens, device)
         self.probe = probe
         self._calibration = calibration
         self.config = config
@@ -155,7 +166,10 @@ class FitnessHarness:
                 for inst in p.task.instances
             ]
         packed = PackedRequests(
-            requests, max_length=max_length, device=dev, batch_tokens=config.batch_tokens
+            requests,
+            max_length=max_length,
+            device=dev,
+            batch_tokens=batching.initial_batch_tokens(config.batch_tokens),
         )
         seq = min(config.time_seq_len, max_length)
         probe_ids = _token_stream(encoder, texts, config.time_batch_size * seq)
@@ -167,6 +181,7 @@ class FitnessHarness:
             calibration = torch.tensor(cal, device=dev).view(config.calibration_sequences, cal_len)
         return cls(
             plans=plans,
+            requests=requests,
             packed=packed,
             probe=probe,
             calibration=calibration,
@@ -193,11 +208,7 @@ class FitnessHarness:
         """Every task metric, pooled perplexity and accuracy, and (if ``cost``) speed and memory."""
         start = time.perf_counter()
         model = self._prepare(model)
-        lls, greedy = self._packed.score(
-            model,
-            autocast_dtype=self.autocast_dtype,
-            context_cache=self._packed.can_share_contexts(model, self.config.shared_contexts),
-        )
+        lls, greedy = self._score(model)
         tasks: dict[str, dict[str, float]] = {}
         n_items: dict[str, int] = {}
         ppl_items: list[tuple[float, float]] = []
@@ -236,6 +247,64 @@ class FitnessHarness:
             m.peak_memory_bytes = self.probe.peak_memory(model, autocast_dtype=self.autocast_dtype)
         m.seconds = time.perf_counter() - start
         return m
+
+    def _score(self, model: torch.nn.Module) -> tuple[list[float], list[bool]]:
+        """Every request's log-likelihood and is-greedy; an out-of-memory error halves the
+        eval batch and scores again (the smaller size is kept for later candidates)."""
+        use_cache = self._packed.can_share_contexts(model, self.config.shared_contexts)
+        if self._size_pending:
+            self._size_pending = False
+            try:
+                self._size_to_device(model, use_cache)
+            except Exception as exc:
+                if not batching.is_out_of_memory(exc):
+                    raise  # out of memory at the default size: the loop below halves it
+        while True:
+            try:
+                return self._packed.score(
+                    model, autocast_dtype=self.autocast_dtype, context_cache=use_cache
+                )
+            except Exception as exc:
+                if not batching.is_out_of_memory(exc):
+                    raise
+                if self.batch_tokens <= batching.MIN_BATCH_TOKENS:
+                    raise
+            # outside the handler: its traceback holds the failed batch's tensors
+            smaller = self.batch_tokens // 2
+            logger.warning(
+                "fitness: out of memory at %d tokens per eval batch; retrying at %d",
+                self.batch_tokens,
+                smaller,
+            )
+            self._repack(smaller)
+
+    def _size_to_device(self, model: torch.nn.Module, use_cache: bool) -> None:
+        """``batch_tokens: auto`` on a GPU: measure one batch's memory per token, size to the
+        device (evomerge/fitness/batching.py)."""
+        n_params = sum(p.numel() for p in model.parameters())
+        key = (str(self.device), type(model).__name__, n_params, use_cache)
+        if key not in _BYTES_PER_TOKEN:
+            _BYTES_PER_TOKEN[key] = batching.bytes_per_token(
+                self.device,
+                lambda: self._packed.forward_largest(
+                    model, autocast_dtype=self.autocast_dtype, context_cache=use_cache
+                ),
+            )
+        free, total = batching.device_memory(self.device)
+        tokens = batching.auto_batch_tokens(_BYTES_PER_TOKEN[key], free, total)
+        if tokens != self.batch_tokens:
+            self._repack(tokens)
+
+    def _repack(self, batch_tokens: int) -> None:
+        self._packed = PackedRequests(
+            self._requests,
+            max_length=self.max_length,
+            device=self.device,
+            batch_tokens=batch_tokens,
+        )
+        self.batch_tokens = batch_tokens
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @staticmethod
     def _process(

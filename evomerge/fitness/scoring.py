@@ -261,26 +261,60 @@ class PackedRequests:
         ``context_cache`` (default: ``can_share_contexts(model)``) scores shared contexts
         once, through the model's cache.
         """
+        use_cache = self.can_share_contexts(model) if context_cache is None else context_cache
+        rows = self.context_rest if use_cache else self.batches
+        total, misses = self._forward(
+            model, rows, self.context_batches if use_cache else [], autocast_dtype
+        )
+        return total.tolist(), (misses == 0).tolist()
+
+    @torch.inference_mode()
+    def forward_largest(
+        self,
+        model: torch.nn.Module,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        context_cache: bool = False,
+    ) -> int:
+        """Score only the batch with the most input tokens of the layout ``score`` would use
+        (its results are dropped); returns those tokens. What ``batch_tokens: auto`` measures."""
+        rows = self.context_rest if context_cache else self.batches
+        contexts = self.context_batches if context_cache else []
+        sized: list[tuple[int, _Batch | None, _ContextBatch | None]]
+        sized = [(b.input_ids.numel(), b, None) for b in rows]
+        sized += [(c.context_ids.numel() + c.choice_ids.numel(), None, c) for c in contexts]
+        if not sized:
+            return 0
+        tokens, row, context = max(sized, key=lambda item: item[0])
+        self._forward(model, [row] if row else [], [context] if context else [], autocast_dtype)
+        return tokens
+
+    def _forward(
+        self,
+        model: torch.nn.Module,
+        rows: Sequence[_Batch],
+        contexts: Sequence[_ContextBatch],
+        autocast_dtype: torch.dtype | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed log-likelihood, missed greedy tokens) per request over these batches."""
         device = self.batches[0].input_ids.device if self.batches else torch.device("cpu")
         total = torch.zeros(self.n_requests, dtype=torch.float64, device=device)
         misses = torch.zeros(self.n_requests, dtype=torch.long, device=device)
         kwargs: dict[str, object] = dict(forward_kwargs(model))
         trim = _accepts_logits_to_keep(model)
-        use_cache = self.can_share_contexts(model) if context_cache is None else context_cache
         with torch.autocast(
             device_type=device.type,
             dtype=autocast_dtype or torch.bfloat16,
             enabled=autocast_dtype is not None,
         ):
-            for batch in self.context_rest if use_cache else self.batches:
+            for batch in rows:
                 if trim:
                     kwargs["logits_to_keep"] = batch.keep
                 logits = model(input_ids=batch.input_ids, **kwargs).logits  # (B, K|P, V)
                 _accumulate(logits[:, -batch.keep :], batch.scored, total, misses)
-            if use_cache:
-                for cb in self.context_batches:
-                    self._score_shared_context(model, cb, trim, total, misses)
-        return total.tolist(), (misses == 0).tolist()
+            for cb in contexts:
+                self._score_shared_context(model, cb, trim, total, misses)
+        return total, misses
 
     @staticmethod
     def _score_shared_context(

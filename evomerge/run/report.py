@@ -272,7 +272,11 @@ def build_result(
             "peak": prep.pool.peak_live,
             "allocated": prep.pool.allocated,
         },
-        "device": {**device_report(prep.device, prep.pool.dtype), "inputs": prep.residency},
+        "device": {
+            **device_report(prep.device, prep.pool.dtype),
+            "inputs": prep.residency,
+            "eval_batch_tokens": ref.harness.batch_tokens,  # fitness.batch_tokens, resolved
+        },
         "resources": resources(
             prep.device,
             loop.checkpoint,
