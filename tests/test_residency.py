@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.evolution.pool import weights
-from evomerge.evolution.residency import FileTensors, HostTensors, choose_residency
+from evomerge.evolution.residency import FileTensors, HostTensors, choose_residency, shortfall
 from evomerge.merge import COMBO_LABELS, InputSet, MergeEngine, StageParams
 
 GB = 2**30
@@ -64,6 +64,56 @@ def test_unknown_residency_is_refused() -> None:
             device_free=None,
             host_available=None,
         )
+
+
+@pytest.mark.parametrize(
+    ("residency", "device", "free", "host", "expected"),
+    [
+        ("disk", CUDA, 80 * GB, 500 * GB, None),  # 2 candidates of 2 GB fit 80 GB
+        ("disk", CUDA, 3 * GB, 500 * GB, (4 * GB, 3 * GB)),  # they do not fit 3 GB
+        ("device", CUDA, 11 * GB, 500 * GB, (12 * GB, 11 * GB)),  # + 8 GB of inputs
+        ("host", CUDA, 11 * GB, 1 * GB, None),  # a GPU's `host` inputs are not on it
+        ("host", CPU, None, 11 * GB, (12 * GB, 11 * GB)),  # a CPU's are
+        ("disk", CPU, None, 5 * GB, None),
+        ("device", CUDA, None, None, None),  # unknown: not refused
+    ],
+)
+def test_a_run_whose_weights_exceed_the_device_is_refused(
+    residency: str,
+    device: torch.device,
+    free: int | None,
+    host: int | None,
+    expected: tuple[int, int] | None,
+) -> None:
+    got = shortfall(
+        residency,  # type: ignore[arg-type]
+        device=device,
+        input_bytes=4 * 2 * GB,
+        candidate_bytes=2 * 2 * GB,
+        device_free=free,
+        host_available=host,
+    )
+    assert got == expected
+
+
+def test_recipe_run_refuses_a_seed_loop_that_cannot_fit(
+    real_family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Before anything is written, naming the field and what would make the run fit."""
+    from test_real_families import _recipe_file
+
+    import evomerge.run.prepare as prepare
+
+    monkeypatch.setattr(prepare, "free_memory", lambda device: (None, 2**20))  # a 1 MiB host
+    path = _recipe_file(real_family("qwen2"), tmp_path, None)
+    result = CliRunner().invoke(app, ["recipe", "run", str(path), "--quiet"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert "evolution.strategy: the run holds 9 candidates of" in message
+    assert "but 1.0 MB is free" in message
+    assert "a genome strategy (evolution.strategy: cmaes) holds 2" in message
+    assert "device.storage: bf16" in message
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

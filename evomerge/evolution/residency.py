@@ -66,6 +66,29 @@ def choose_residency(
     return "disk"
 
 
+def shortfall(
+    residency: Residency,
+    *,
+    device: torch.device,
+    input_bytes: int,
+    candidate_bytes: int,
+    device_free: int | None,
+    host_available: int | None,
+) -> tuple[int, int] | None:
+    """(bytes the run holds on ``device``, bytes free there) when they cannot fit, else None.
+
+    It holds the candidates, and the inputs where they are resident (``device``, and on
+    the CPU ``host`` too). No headroom is added: this refuses only runs whose weights
+    alone exceed the device, which would otherwise fail hours in, at an allocation.
+    """
+    room = device_free if device.type == "cuda" else host_available
+    if room is None:
+        return None
+    inputs_here = residency == "device" or (device.type == "cpu" and residency == "host")
+    held = candidate_bytes + (input_bytes if inputs_here else 0)
+    return (held, room) if held > room else None
+
+
 def free_memory(device: torch.device) -> tuple[int | None, int | None]:
     """(free bytes on ``device`` when it is a GPU, available host bytes), None when unknown."""
     device_free = None

@@ -25,6 +25,7 @@ from evomerge.evolution.residency import (
     Residency,
     choose_residency,
     free_memory,
+    shortfall,
 )
 from evomerge.run.context import IN_FLIGHT, RESIDENT_LIMIT, RunContext
 
@@ -164,18 +165,18 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     arch = get_architecture(validated.architecture)
     config = arch.config_class.from_pretrained(paths[0])
     check_layer_groups(recipe, config)
+    device = resolve_device(recipe.device.device)
+    dtype = storage_dtype(recipe.device.storage, config)
+    residency = input_residency(recipe, validated.param_count, dtype, device, base is not None)
     if ctx.is_main:
         prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
     ctx.dist.wait_for_everyone()
-    device = resolve_device(recipe.device.device)
-    dtype = storage_dtype(recipe.device.storage, config)
 
     def factory() -> PreTrainedModel:
         model = arch.model_class(config)
         return model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
 
     pool = ModelPool(factory, capacity=RESIDENT_LIMIT, dtype=dtype, device=device)
-    residency = input_residency(recipe, validated.param_count, dtype, device, base is not None)
     inputs = load_inputs(paths, pool, residency, validated.architecture)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
     return PreparedInputs(
@@ -195,7 +196,11 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
 def input_residency(
     recipe: Recipe, params: int, dtype: torch.dtype, device: torch.device, has_base: bool
 ) -> Residency:
-    """``device.inputs``, resolved: for ``auto``, whether inputs and candidates fit the device."""
+    """``device.inputs``, resolved: for ``auto``, whether inputs and candidates fit the device.
+
+    A run whose candidates (and resident inputs) alone exceed the device is refused here,
+    before anything is written, naming what would make it fit.
+    """
     from evomerge.search.strategy import find_strategy
 
     model_bytes = params * dtype.itemsize
@@ -203,11 +208,42 @@ def input_residency(
     # the seed loop holds its whole population; genome strategies only what is in flight
     candidates = RESIDENT_LIMIT - 3 if seed_loop else IN_FLIGHT
     device_free, host_available = free_memory(device)
-    return choose_residency(
+    input_bytes, candidate_bytes = model_bytes * (3 + has_base), model_bytes * candidates
+    residency = choose_residency(
         recipe.device.inputs,
         device=device,
-        input_bytes=model_bytes * (3 + has_base),
-        candidate_bytes=model_bytes * candidates,
+        input_bytes=input_bytes,
+        candidate_bytes=candidate_bytes,
         device_free=device_free,
         host_available=host_available,
     )
+    short = shortfall(
+        residency,
+        device=device,
+        input_bytes=input_bytes,
+        candidate_bytes=candidate_bytes,
+        device_free=device_free,
+        host_available=host_available,
+    )
+    if short is not None:
+        held, room = short
+        fixes = []
+        if seed_loop:
+            fixes.append(f"a genome strategy (evolution.strategy: cmaes) holds {IN_FLIGHT}")
+        if dtype.itemsize > 2:
+            fixes.append("device.storage: bf16 halves every model")
+        if residency == "device" or (device.type == "cpu" and residency == "host"):
+            fixes.append("device.inputs: disk leaves the inputs in their files")
+        field = ("evolution", "strategy") if seed_loop else ("device", "storage")
+        raise RecipeError(
+            f"{recipe.where(field)}: the run holds {candidates} candidates"
+            + (" and the inputs" if held > model_bytes * candidates else "")
+            + f" of {_size(model_bytes)} each on {device}: {_size(held)}, "
+            f"but {_size(room)} is free" + (f" ({'; '.join(fixes)})" if fixes else "")
+        )
+    return residency
+
+
+def _size(n: int) -> str:
+    """Bytes as a person reads them in a one-line error: 16.1 GB, 397.2 MB, 1.0 MB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
