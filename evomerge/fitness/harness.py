@@ -256,9 +256,9 @@ class FitnessHarness:
             self._size_pending = False
             try:
                 self._size_to_device(model, use_cache)
-            except Exception as exc:
+            except Exception as exc:  # out of memory at the default size: the loop halves it
                 if not batching.is_out_of_memory(exc):
-                    raise  # out of memory at the default size: the loop below halves it
+                    raise
         while True:
             try:
                 return self._packed.score(
