@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from evomerge.evolution.lineage import BASE_ID, INPUT_IDS, LineageNode
 from evomerge.evolution.operators import apply_genome_mutation_, apply_mutation_
-from evomerge.evolution.pool import copy_weights_, weights
+from evomerge.evolution.pool import blank_model, copy_weights_, weights
 from evomerge.evolution.residency import FileTensors, InputWeights
 from evomerge.merge.engine import MergeEngine
 
@@ -92,7 +92,7 @@ def rebuild_champion(
     config = arch.config_class.from_pretrained(paths[0])
 
     def new_model() -> PreTrainedModel:
-        return arch.model_class(config).to(device=dev, dtype=dtype).eval()  # type: ignore[call-arg]
+        return blank_model(arch.model_class, config, device=dev, dtype=dtype)  # as the run's
 
     template = new_model() if inputs == "disk" else None  # the layout files are read into
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from evomerge.device import resolve_device, storage_dtype
 from evomerge.evolution.checkpoint import Checkpoint
-from evomerge.evolution.pool import ModelPool, load_weights_, weights
+from evomerge.evolution.pool import ModelPool, blank_model, load_weights_, weights
 from evomerge.evolution.recipe import Recipe, RecipeError
 from evomerge.evolution.residency import (
     FileTensors,
@@ -173,8 +173,7 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     ctx.dist.wait_for_everyone()
 
     def factory() -> PreTrainedModel:
-        model = arch.model_class(config)
-        return model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
+        return blank_model(arch.model_class, config, device=device, dtype=dtype)
 
     pool = ModelPool(factory, capacity=RESIDENT_LIMIT, dtype=dtype, device=device)
     inputs = load_inputs(paths, pool, residency, validated.architecture)
