@@ -19,7 +19,7 @@ from evomerge.phase1.make import _save_atomic, family_scorer
 def _mean_matrix_cosine(a: torch.nn.Module, b: torch.nn.Module) -> float:
     """Mean cosine similarity of matching weight matrices (norm vectors excluded: they start at 1)."""
     sims = [
-        float(F.cosine_similarity(p.flatten(), q.flatten(), dim=0))
+        float(F.cosine_similarity(p.detach().flatten(), q.detach().flatten(), dim=0))
         for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True)
         if p.ndim >= 2
     ]
