@@ -165,6 +165,22 @@ def test_ties_matches_mergekit_ties() -> None:
     assert 0.19 < (trim(models[0] - base, 0.2) != 0).float().mean() < 0.21
 
 
+@pytest.mark.parametrize("kind", ["continuous", "duplicates", "mostly_zero"])
+def test_ties_threshold_selects_exactly_what_kthvalue_does(kind: str) -> None:
+    """The narrowed selection for large tensors returns the same element as torch.kthvalue,
+    at the ranks TIES uses and at the extremes, with and without repeated values."""
+    from evomerge.merge.methods.ties import NARROW_ABOVE, kth_smallest
+
+    n = NARROW_ABOVE + 12_345
+    values = _randn(n, seed=3).abs()
+    if kind == "duplicates":
+        values = (values * 3).round()
+    elif kind == "mostly_zero":
+        values[: int(0.9 * n)] = 0.0
+    for rank in (1, 2, n // 2, n - int(0.2 * n) + 1, n - int(0.01 * n) + 1, n - 1, n):
+        assert torch.equal(kth_smallest(values, rank), torch.kthvalue(values, rank).values), rank
+
+
 def test_dfs_weights_a_ten_times_closer_source_about_100_times_more() -> None:
     # Deviations from the consensus (the mean of the 4 sources): three of norm r at 120°
     # in one plane, and source 0 along a third direction, 10x smaller in norm after centering.

@@ -19,6 +19,42 @@ import torch
 from evomerge.merge.base import MergekitAlias, Range
 from evomerge.merge.decorator import merge_method
 
+#: Below this many elements ``kth_smallest`` selects directly; above, it narrows first.
+NARROW_ABOVE = 2**20
+#: Sampled elements that bracket the rank, and the bracket's half-width in quantile:
+#: the sample quantile's standard deviation is at most 0.5 / sqrt(2^16) = 0.002, so 0.01
+#: is five of them; a miss only costs the direct selection.
+SAMPLE, MARGIN = 2**16, 0.01
+
+
+def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
+    """``torch.kthvalue(flat, rank).values``, exactly, in a fraction of its time on large CPU tensors.
+
+    torch's CPU selection is one thread at ~15 ns per element (a third of a 736M-parameter
+    TIES merge). A fixed-seed sample brackets the rank between two values; counting what
+    lies below the bracket and selecting inside it (~2 % of the elements) is a few
+    vectorised passes. The value is the same element either way; ties are counted, not
+    assumed away, and a bracket that misses falls back to the direct selection.
+    """
+    n = flat.numel()
+    if n <= NARROW_ABOVE:
+        return torch.kthvalue(flat, rank).values
+    generator = torch.Generator(device=flat.device).manual_seed(0)
+    picks = torch.randint(n, (SAMPLE,), generator=generator, device=flat.device)
+    sample = flat[picks].sort().values
+    q = rank / n
+    lo_at, hi_at = int((q - MARGIN) * SAMPLE), int((q + MARGIN) * SAMPLE)
+    lo = sample[lo_at] if lo_at > 0 else None
+    hi = sample[hi_at] if hi_at < SAMPLE else None
+    inside = torch.ones_like(flat, dtype=torch.bool) if lo is None else flat >= lo
+    below = n - int(inside.sum())
+    if hi is not None:
+        inside &= flat <= hi
+    window = flat[inside]
+    if below < rank <= below + window.numel():
+        return torch.kthvalue(window, rank - below).values
+    return torch.kthvalue(flat, rank).values
+
 
 def magnitude_threshold(magnitude: torch.Tensor, density: float) -> torch.Tensor | None:
     """The k-th largest of ``magnitude`` (k as mergekit), or None when everything is kept."""
@@ -28,7 +64,7 @@ def magnitude_threshold(magnitude: torch.Tensor, density: float) -> torch.Tensor
     k = max(1, int(density * n))
     flat = magnitude.reshape(-1)
     if flat.device.type == "cpu":
-        return torch.kthvalue(flat, n - k + 1).values  # O(n) selection
+        return kth_smallest(flat, n - k + 1)  # O(n) selection
     return torch.topk(flat, k, sorted=False).values.min()  # radix select on GPU
 
 
