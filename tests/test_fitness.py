@@ -373,11 +373,11 @@ def test_auto_eval_batch_fits_its_share_of_the_device() -> None:
 
     gib = 2**30
     # a 25M model on an H200: the cap
-    assert auto_batch_tokens(50e3, free=130 * gib, total=140 * gib) == AUTO_MAX_TOKENS
-    # an 8B model with a 128k vocabulary (~1 MiB per token) on an 80 GB GPU holding two
-    # candidates: a quarter of the total (20 GiB) binds, rounded down to a power of two
-    assert auto_batch_tokens(2**20, free=45 * gib, total=80 * gib) == 16384
-    assert auto_batch_tokens(2**20, free=gib // 4, total=80 * gib) == MIN_BATCH_TOKENS
+    assert auto_batch_tokens(50e3, total=140 * gib) == AUTO_MAX_TOKENS
+    # an 8B model with a 128k vocabulary (~1 MiB per token) on an 80 GB GPU: a quarter of
+    # the total (20 GiB) fits 20480 tokens, rounded down to a power of two
+    assert auto_batch_tokens(2**20, total=80 * gib) == 16384
+    assert auto_batch_tokens(2**30, total=80 * gib) == MIN_BATCH_TOKENS
     with pytest.raises(ValueError, match="batch_tokens"):
         FitnessConfig(batch_tokens=0)
     with pytest.raises(ValueError, match="batch_tokens"):

@@ -165,7 +165,7 @@ def test_ties_matches_mergekit_ties() -> None:
     assert 0.19 < (trim(models[0] - base, 0.2) != 0).float().mean() < 0.21
 
 
-@pytest.mark.parametrize("kind", ["continuous", "duplicates", "mostly_zero"])
+@pytest.mark.parametrize("kind", ["continuous", "duplicates", "mostly_zero", "with_nan"])
 def test_ties_threshold_selects_exactly_what_kthvalue_does(kind: str) -> None:
     """The narrowed selection for large tensors returns the same element as torch.kthvalue,
     at the ranks TIES uses and at the extremes, with and without repeated values."""
@@ -177,8 +177,11 @@ def test_ties_threshold_selects_exactly_what_kthvalue_does(kind: str) -> None:
         values = (values * 3).round()
     elif kind == "mostly_zero":
         values[: int(0.9 * n)] = 0.0
+    elif kind == "with_nan":  # kthvalue sorts NaN last
+        values[::1000] = float("nan")
     for rank in (1, 2, n // 2, n - int(0.2 * n) + 1, n - int(0.01 * n) + 1, n - 1, n):
-        assert torch.equal(kth_smallest(values, rank), torch.kthvalue(values, rank).values), rank
+        ours, theirs = kth_smallest(values, rank), torch.kthvalue(values, rank).values
+        assert torch.equal(ours, theirs) or (ours.isnan() and theirs.isnan()), rank
 
 
 def test_dfs_weights_a_ten_times_closer_source_about_100_times_more() -> None:

@@ -81,8 +81,8 @@ def shortfall(
     the CPU ``host`` too). No headroom is added: this refuses only runs whose weights
     alone exceed the device, which would otherwise fail hours in, at an allocation.
     """
-    room = device_free if device.type == "cuda" else host_available
-    if room is None:
+    room = {"cuda": device_free, "cpu": host_available}.get(device.type)
+    if room is None:  # unknown, or an accelerator whose free memory is not read
         return None
     inputs_here = residency == "device" or (device.type == "cpu" and residency == "host")
     held = candidate_bytes + (input_bytes if inputs_here else 0)

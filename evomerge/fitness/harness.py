@@ -36,8 +36,10 @@ from evomerge.fitness.tasks import TaskSuite
 SUPPORTED_OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 logger = logging.getLogger(__name__)
 #: Allocator bytes per input token of one eval batch, by (device, model class, parameters,
-#: shared contexts): measured once per run, reused by every harness built after (minibatches).
-_BYTES_PER_TOKEN: dict[tuple[str, str, int, bool], float] = {}
+#: parameter dtype, autocast dtype, max length, shared contexts): measured once per run,
+#: reused by every harness built after (minibatches); doubled at each out-of-memory backoff,
+#: so later harnesses start from the size that worked.
+_BYTES_PER_TOKEN: dict[tuple[Any, ...], float] = {}
 
 
 @dataclass
@@ -92,6 +94,7 @@ class FitnessHarness:
         #: Tokens per eval batch now; ``auto`` on a GPU sizes it at the first ``measure``.
         self.batch_tokens = batching.initial_batch_tokens(config.batch_tokens)
         self._size_pending = batching.sizes_to_device(config.batch_tokens, device)
+        self._size_key: tuple[Any, ...] | None = None  # set once auto has sized the batches
         self.probe = probe
         self._calibration = calibration
         self.config = config
@@ -271,6 +274,8 @@ class FitnessHarness:
                     raise
             # outside the handler: its traceback holds the failed batch's tensors
             smaller = self.batch_tokens // 2
+            if self._size_key is not None:
+                _BYTES_PER_TOKEN[self._size_key] *= self.batch_tokens / smaller
             logger.warning(
                 "fitness: out of memory at %d tokens per eval batch; retrying at %d",
                 self.batch_tokens,
@@ -281,8 +286,17 @@ class FitnessHarness:
     def _size_to_device(self, model: torch.nn.Module, use_cache: bool) -> None:
         """``batch_tokens: auto`` on a GPU: measure one batch's memory per token, size to the
         device (evomerge/fitness/batching.py)."""
+        first = next(model.parameters())
         n_params = sum(p.numel() for p in model.parameters())
-        key = (str(self.device), type(model).__name__, n_params, use_cache)
+        key = (
+            str(self.device),
+            type(model).__name__,
+            n_params,
+            first.dtype,
+            self.autocast_dtype,
+            self.max_length,
+            use_cache,
+        )
         if key not in _BYTES_PER_TOKEN:
             _BYTES_PER_TOKEN[key] = batching.bytes_per_token(
                 self.device,
@@ -290,8 +304,9 @@ class FitnessHarness:
                     model, autocast_dtype=self.autocast_dtype, context_cache=use_cache
                 ),
             )
-        free, total = batching.device_memory(self.device)
-        tokens = batching.auto_batch_tokens(_BYTES_PER_TOKEN[key], free, total)
+        self._size_key = key
+        total = batching.device_total_memory(self.device)
+        tokens = batching.auto_batch_tokens(_BYTES_PER_TOKEN[key], total)
         if tokens != self.batch_tokens:
             self._repack(tokens)
 

@@ -167,7 +167,24 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     check_layer_groups(recipe, config)
     device = resolve_device(recipe.device.device)
     dtype = storage_dtype(recipe.device.storage, config)
-    residency = input_residency(recipe, validated.param_count, dtype, device, base is not None)
+    refusal: str | None = None
+    try:
+        residency = input_residency(
+            recipe,
+            validated.param_count,
+            dtype,
+            device,
+            base is not None,
+            processes=ctx.dist.num_processes,
+        )
+    except RecipeError as exc:
+        refusal = str(exc)
+    if ctx.dist.num_processes > 1:  # every process refuses if one does (none waits alone)
+        from accelerate.utils import gather_object
+
+        refusal = next((r for r in gather_object([refusal]) if r), None)
+    if refusal is not None:
+        raise RecipeError(refusal)
     if ctx.is_main:
         prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
     ctx.dist.wait_for_everyone()
@@ -193,7 +210,13 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
 
 
 def input_residency(
-    recipe: Recipe, params: int, dtype: torch.dtype, device: torch.device, has_base: bool
+    recipe: Recipe,
+    params: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    has_base: bool,
+    *,
+    processes: int = 1,
 ) -> Residency:
     """``device.inputs``, resolved: for ``auto``, whether inputs and candidates fit the device.
 
@@ -204,10 +227,12 @@ def input_residency(
 
     model_bytes = params * dtype.itemsize
     seed_loop = find_strategy(recipe.evolution.strategy).kind == "weights"
-    # the seed loop holds its whole population; genome strategies only what is in flight
-    candidates = RESIDENT_LIMIT - 3 if seed_loop else IN_FLIGHT
+    # the seed loop holds its whole population; genome strategies what is in flight (each
+    # process merges a whole part: evomerge/run/search.py) and load the base to search from
+    candidates = RESIDENT_LIMIT - 3 if seed_loop else max(IN_FLIGHT, processes)
     device_free, host_available = free_memory(device)
-    input_bytes, candidate_bytes = model_bytes * (3 + has_base), model_bytes * candidates
+    inputs = 3 + (has_base and not seed_loop)
+    input_bytes, candidate_bytes = model_bytes * inputs, model_bytes * candidates
     residency = choose_residency(
         recipe.device.inputs,
         device=device,

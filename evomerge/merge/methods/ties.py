@@ -46,8 +46,10 @@ def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
     lo_at, hi_at = int((q - MARGIN) * SAMPLE), int((q + MARGIN) * SAMPLE)
     lo = sample[lo_at] if lo_at > 0 else None
     hi = sample[hi_at] if hi_at < SAMPLE else None
+    # NaN compares false both ways: it is neither counted below nor in the window, so a
+    # rank that lands on one (kthvalue sorts NaN last) falls back to the direct selection
+    below = 0 if lo is None else int((flat < lo).sum())
     inside = torch.ones_like(flat, dtype=torch.bool) if lo is None else flat >= lo
-    below = n - int(inside.sum())
     if hi is not None:
         inside &= flat <= hi
     window = flat[inside]
