@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from recipe_subprocess import run_recipe
 
-WORK = Path(tempfile.gettempdir()) / "scale_bench"
+WORK = Path(tempfile.gettempdir()) / "scale_bench"  # --work
 
 
 def build_family(root: Path, hidden: int, layers: int, vocab: int) -> tuple[list[Path], Path, int]:
@@ -114,7 +114,7 @@ def recipe(models: list[Path], base: Path, out: Path, args: argparse.Namespace) 
 
 
 def reference_candidate(
-    family: Path, out: Path, result: dict[str, Any], items: int, device: str
+    family: Path, out: Path, result: dict[str, Any], items: int, device: str, work_dir: Path
 ) -> dict[str, float]:
     """The champion's config through mergekit run_merge, then lm_eval.simple_evaluate on it."""
     import lm_eval
@@ -124,7 +124,7 @@ def reference_candidate(
     from evomerge.fitness.lm_eval_adapter import EvoMergeLM
     from evomerge.merge.mergekit_bridge import run_with_mergekit
 
-    work = Path(tempfile.mkdtemp(prefix="mk-", dir=WORK))
+    work = Path(tempfile.mkdtemp(prefix="mk-", dir=work_dir))
     cwd = os.getcwd()
     os.chdir(family)  # the config names its inputs model_1.., base_model: dirs here
     try:
@@ -171,15 +171,18 @@ def main() -> None:
         action="store_true",
         help="skip mergekit run_merge + lm_eval.simple_evaluate (memory runs)",
     )
+    parser.add_argument(
+        "--work", type=Path, default=WORK, help="where the family (kept) and the run are written"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    family = WORK / f"llama-h{args.hidden}-l{args.layers}-v{args.vocab}"
+    family = args.work / f"llama-h{args.hidden}-l{args.layers}-v{args.vocab}"
     family.mkdir(parents=True, exist_ok=True)
     models, base, params = build_family(family, args.hidden, args.layers, args.vocab)
     input_bytes = sum((d / "model.safetensors").stat().st_size for d in [*models, base])
-    out = WORK / "run"
+    out = args.work / "run"
     path = recipe(models, base, out, args)
     result, run_s = run_recipe(path, out, "recipe run")
     gens = [json.loads(line) for line in (out / "evolution.jsonl").read_text().splitlines()]
@@ -188,7 +191,7 @@ def main() -> None:
     reference = (
         {}
         if args.no_reference
-        else reference_candidate(family, out, result, args.items, args.device)
+        else reference_candidate(family, out, result, args.items, args.device, args.work)
     )
     # the bytes one model is held in (the family is saved in fp32; bf16/fp16 storage halves it)
     model_bytes = input_bytes / 4 / (2 if args.storage in ("bf16", "fp16") else 1)
