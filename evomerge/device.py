@@ -23,6 +23,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def device_problem(name: str) -> str | None:
+    """Why ``name`` cannot be used on this machine (one line), or None when it can."""
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        return f"{name!r} is not a torch device (auto, cpu, cuda, cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = (
+                "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            )
+            return f"{name!r} but torch ({torch.__version__}, {built}) sees no CUDA device"
+        if (dev.index or 0) >= torch.cuda.device_count():
+            return f"{name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
 #: ``device.storage`` names -> torch dtypes.
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,

@@ -60,6 +60,8 @@ def type_name(annotation: Any, path: str = "") -> str:
     if isinstance(annotation, type) and issubclass(annotation, Path):
         return "path"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # StrictInt, FiniteFloat: the number type is what a reader needs
+        return type_name(args[0], path)
     if origin is typing.Literal:
         return " | ".join(json.dumps(a) for a in args)
     if origin in (typing.Union, types.UnionType):

@@ -32,6 +32,7 @@ SEED = typer.Option(0, "--seed", help="Seed of the DARE masks.")
 SETS = typer.Option(
     None, "--set", help="Method parameter, e.g. --set slerp.mode=multislerp --set ties.density=0.3"
 )
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty --out dir.")
 CALIBRATION = typer.Option(
     None,
     "--calibration",
@@ -47,6 +48,42 @@ def _group() -> None:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _check_label(label: str | None) -> None:
+    """An empty label is a mistake, not "all eight" (omitting the label means that)."""
+    if label is not None and not label.strip():
+        raise _fail("combo label '': expected a 3-bit label like 010 (omit it for all eight)")
+
+
+def _check_dirs(names: list[str], base: str | None) -> None:
+    """Every model named is a dir (a typo would otherwise surface mid-merge, or never in show)."""
+    for flag, name in [*(("--models", n) for n in names), *([("--base", base)] if base else [])]:
+        if not Path(name).is_dir():
+            raise _fail(f"{flag}: {name}: not a directory (expected a save_pretrained model dir)")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """A new or empty --out dir (or --overwrite), as `recipe run` asks: no silent mixing.
+
+    With --overwrite the old contents go only once the merge is done (``_execute``).
+    """
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out: {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise _fail(f"--out: {out} is not empty; use --overwrite to replace it")
+
+
+def _check_sets(sets: list[str] | None, params: Any, label: str | None) -> None:
+    """Each --set names a method the combo runs (else a typo would be silently ignored)."""
+    if label is not None:
+        used, what = list(params.combo_methods(label)), f"combo {label}"
+    else:
+        used, what = [m for pair in params.table for m in pair], "the combo table"
+    for item in sets or []:
+        method = item.partition("=")[0].partition(".")[0]
+        if method not in used:
+            raise _fail(f"--set {item!r}: {what} runs {', '.join(used)}, not {method!r}")
 
 
 def _load_recipe(path: Path | None) -> Any:
@@ -110,16 +147,22 @@ def show(
     """Print the generated multi-document merge YAML of a combo (whole-model stages not yet resolved)."""
     from evomerge.merge import COMBO_LABELS, MergeConfigError, UnknownMergeMethodError, combo_config
 
+    _check_label(label)
     recipe = _load_recipe(recipe_path)
-    names, base = _models(models, base, recipe)
+    names, base = _models(models, base, recipe)  # not checked: a config may name hub ids
     params = _params(reference, sets, recipe)
     try:
-        for i, one in enumerate([label] if label else list(COMBO_LABELS)):
-            if i:
-                typer.echo("\n# " + "=" * 70)
-            typer.echo(combo_config(one, names, base, params, seed=seed).to_yaml(), nl=False)
+        configs = [
+            combo_config(one, names, base, params, seed=seed)
+            for one in ([label] if label is not None else list(COMBO_LABELS))
+        ]
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
+    _check_sets(sets, params, label)
+    for i, config in enumerate(configs):
+        if i:
+            typer.echo("\n# " + "=" * 70)
+        typer.echo(config.to_yaml(), nl=False)
 
 
 def _execute(
@@ -145,6 +188,10 @@ def _execute(
     result = engine.run_config(
         config, inputs, out=model.state_dict(), scratch_model=model, label=label
     )
+    if out.is_dir():  # _check_out let a non-empty dir through only with --overwrite
+        import shutil
+
+        shutil.rmtree(out)
     save_merged(model, str(out), tokenizer_from=names[0], config_yaml=result.config_yaml)
     for log in result.stage_logs:
         note = f"  FALLBACK to linear: {log.fallback}" if log.fallback else ""
@@ -163,15 +210,20 @@ def export(
     sets: Optional[list[str]] = SETS,
     calibration: Optional[str] = CALIBRATION,
     recipe_path: Optional[Path] = RECIPE,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Run one combo in memory and save the merged model, its tokenizer and its resolved config."""
     from evomerge.merge import MergeConfigError, UnknownMergeMethodError, combo_config
 
+    _check_label(label)
     recipe = _load_recipe(recipe_path)
     names, base = _models(models, base, recipe)
+    _check_dirs(names, base)
     params = _params(reference, sets, recipe)
     try:
         config = combo_config(label, names, base, params, seed=seed)
+        _check_sets(sets, params, label)
+        _check_out(out, overwrite)
         needs = _needs_calibration(config)
         if needs and not calibration:
             raise MergeConfigError(
@@ -193,23 +245,33 @@ def run(
     engine: str = typer.Option(
         "evomerge", "--engine", help="'evomerge' (in memory) or 'mergekit' (disk to disk)."
     ),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Run any multi-stage merge YAML whose models are directories and earlier stage names."""
     from evomerge.merge import ComboConfig, MergeConfigError, UnknownMergeMethodError
 
     if not config_file.is_file():
         raise _fail(f"config file {str(config_file)!r} does not exist")
-    text = config_file.read_text(encoding="utf-8")
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(f"{config_file}: not UTF-8 text (byte {exc.start})") from None
     try:
         config = ComboConfig.from_yaml(text, source=str(config_file))
+        if engine not in ("evomerge", "mergekit"):
+            raise MergeConfigError(f"--engine {engine!r}: expected 'evomerge' or 'mergekit'")
+        _check_out(out, overwrite)
         if engine == "mergekit":
+            import shutil
+
             from evomerge.merge.mergekit_bridge import run_with_mergekit
+
+            if out.is_dir():  # --overwrite (checked above); mergekit writes into the dir
+                shutil.rmtree(out)
 
             run_with_mergekit(text, out, intermediate_dir=out.with_name(out.name + ".stages"))
             typer.echo(f"wrote {out} (mergekit)")
             return
-        if engine != "evomerge":
-            raise MergeConfigError(f"--engine {engine!r}: expected 'evomerge' or 'mergekit'")
         stage_names = {s.name for s in config.stages}
         names = [n for s in config.stages for n in s.input_names() if n not in stage_names]
         names = list(dict.fromkeys(names))

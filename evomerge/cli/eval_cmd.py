@@ -66,18 +66,42 @@ def eval_command(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="FitnessConfig YAML."),
     max_items: Optional[int] = typer.Option(
-        None, "--max-items", help="First N documents per task."
+        None, "--max-items", min=1, help="First N documents per task."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
 ) -> None:
     """Measure one model (perplexity, accuracy, speed, memory, plugin terms) and print its fitness."""
+    import yaml
+    from pydantic import ValidationError
+
+    from evomerge.device import device_problem
     from evomerge.fitness import CompositeFitness, FitnessConfig, FitnessHarness, TaskSuite
     from evomerge.fitness.tasks import generated_task_names, write_tasks
 
     if split not in ("fitness", "test"):
         raise _fail(f"--split must be fitness or test, got {split!r}")
+    problem = device_problem(device) if device is not None else None
+    if problem is not None:
+        raise _fail(f"--device: {problem}")
+    # every path checked before the (long) measurements, not after them
+    for path in reference or []:
+        if not (path / "config.json").is_file():
+            raise _fail(f"--reference: {path}: not a model directory (no config.json)")
+    for path in task_dir or []:
+        if not path.is_dir():
+            raise _fail(f"--task-dir: {path}: not a directory")
+    if json_out is not None and not json_out.parent.is_dir():
+        raise _fail(f"--json: {json_out.parent}: no such directory")
     try:
         cfg = FitnessConfig.from_yaml(config.read_text()) if config else FitnessConfig()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise _fail(f"{config}: {field}: {err['msg']}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{config}:{mark.line + 1}" if mark else str(config)
+        raise _fail(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     except (OSError, ValueError) as exc:
         raise _fail(f"{config}: {exc}") from None
     updates: dict[str, Any] = {"split": split}

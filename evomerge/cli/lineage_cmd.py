@@ -27,22 +27,47 @@ def rebuild_cmd(
         help="disk: read the inputs from their files per tensor; device: load them whole.",
     ),
 ) -> None:
-    """Replay the champion's lineage from the three inputs and compare with the saved champion."""
+    """Replay the champion's lineage from the three inputs and compare with the saved champion.
+
+    Exit codes: 0 rebuilt (bit-identical, or no saved champion to compare with), 1 rebuilt
+    but different from the saved one, 2 bad input (nothing written).
+    """
     import json
 
     from rich.console import Console
 
-    from evomerge.evolution.rebuild import rebuild_champion, save_rebuilt
+    from evomerge.device import device_problem
+    from evomerge.evolution.rebuild import LineageError, rebuild_champion, save_rebuilt
 
     console = Console()
+    err = Console(stderr=True)
+
+    def fail(message: str) -> typer.Exit:
+        err.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=True, highlight=False)
+        return typer.Exit(2)
+
     if inputs not in ("disk", "device"):
-        console.print(f"--inputs: {inputs!r} is not one of disk, device")
-        raise typer.Exit(2)
-    model, comparison = rebuild_champion(result_json, device=device, inputs=inputs)  # type: ignore[arg-type]
+        raise fail(f"--inputs: {inputs!r} is not one of disk, device")
+    problem = device_problem(device) if device != "auto" else "'auto': give cpu or cuda:N"
+    if problem is not None:
+        raise fail(f"--device: {problem}")
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is not a directory" if not out.is_dir() else "is not empty"
+        raise fail(f"--out: {out} {what}; give a new or empty dir")
+    try:
+        model, comparison = rebuild_champion(result_json, device=device, inputs=inputs)  # type: ignore[arg-type]
+    except LineageError as exc:
+        raise fail(str(exc)) from None
     if out is not None:
-        inputs = json.loads(result_json.read_text())["inputs"]["models"]
-        save_rebuilt(model, out, Path(inputs[0]))
+        models = json.loads(result_json.read_text())["inputs"]["models"]
+        save_rebuilt(model, out, Path(models[0]))
         console.print(f"saved rebuilt champion to {out}")
-    console.print(comparison)
+    if comparison.get("saved", "") is None:
+        console.print(
+            f"rebuilt {comparison['nodes']} lineage nodes; the saved champion is gone "
+            "(result.json `model`), so nothing was compared"
+        )
+    else:
+        console.print(comparison)
     if comparison.get("bit_identical") is False:
         raise typer.Exit(1)

@@ -20,27 +20,35 @@ def _group() -> None:
 
 def _load(recipe_path: Path, out: Path | None, generations: int | None):  # type: ignore[no-untyped-def]
     """The recipe with the command line's overrides; load_recipe has resolved every name in it."""
-    from evomerge.evolution.recipe import load_recipe
+    from pydantic import ValidationError
+
+    from evomerge.evolution.recipe import RecipeError, load_recipe
 
     recipe = load_recipe(recipe_path)
     if out is not None:
         recipe.output = out.resolve()
     if generations is not None:
-        recipe.evolution.generations = generations
+        try:
+            recipe.evolution.generations = generations
+        except ValidationError as exc:
+            raise RecipeError(f"--generations: {exc.errors()[0]['msg']}") from None
     return recipe
 
 
 @app.command("validate")
 def validate_cmd(recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml")) -> None:
-    """Check a recipe without running anything: its schema, and every merge method (combos
-    and stages), method parameter, fitness term, domain and task it names."""
+    """Check a recipe without running anything: its schema, every merge method (combos
+    and stages), method parameter, fitness term, domain and task it names, the device,
+    and the input models' files, configs, tensor headers and tokenizers (not their weights)."""
     from rich.console import Console
 
     from evomerge.evolution.recipe import RecipeError
+    from evomerge.run.preflight import preflight
 
     console = Console(stderr=True)
     try:
         recipe = _load(recipe_path, None, None)
+        preflight(recipe)
     except RecipeError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -76,6 +84,9 @@ def run_cmd(
 
     console = Console()
     err = Console(stderr=True)
+    if resume and overwrite:
+        err.print("[red]error:[/red] --resume and --overwrite: give one (continue, or start over)")
+        raise typer.Exit(EXIT_BAD_INPUT)
     try:
         recipe = _load(recipe_path, out, generations)
         outcome = Run(

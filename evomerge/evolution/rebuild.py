@@ -79,10 +79,7 @@ def rebuild_champion(
 
     evomerge.load_plugins()  # the inputs may be a plugin's family
 
-    result = json.loads(Path(result_path).read_text())
-    nodes = [LineageNode.from_json(n) for n in result["champion_lineage"]]
-    if not nodes:
-        raise ValueError(f"{result_path}: champion_lineage is empty")
+    result, nodes = read_result(Path(result_path))
     dev = torch.device(device)
     # The dtype the run held every model in (runs before device.storage: fp32).
     dtype = getattr(torch, result.get("device", {}).get("storage", "float32"))
@@ -105,8 +102,6 @@ def rebuild_champion(
     built: dict[str, InputWeights] = dict(zip(INPUT_IDS, loaded, strict=True))
     base = result["inputs"].get("base_model")
     if any(BASE_ID in n.parents for n in nodes):
-        if not base:
-            raise ValueError(f"{result_path}: the champion needs the inputs' base model")
         built[BASE_ID] = held(Path(base))
     pending = Counter(p for n in nodes for p in n.parents)  # children still to build, per parent
     engine = MergeEngine()
@@ -119,17 +114,79 @@ def rebuild_champion(
                 del built[parent]  # free intermediates as soon as no child needs them
     champion = built[nodes[-1].id]
     assert isinstance(champion, PreTrainedModel)
-    return champion, _compare_with_saved(champion, Path(result["model"]), dev, len(nodes))
+    saved = result.get("model")
+    return champion, _compare_with_saved(champion, Path(saved) if saved else None, dev, len(nodes))
+
+
+class LineageError(ValueError):
+    """A result.json the champion cannot be rebuilt from; the message names the file and field."""
+
+
+def read_result(path: Path) -> tuple[dict[str, Any], list[LineageNode]]:
+    """``result.json`` and its champion's lineage, checked before any model is loaded.
+
+    The inputs it names are checked as a run checks them (files, configs, tensor headers,
+    tokenizers), so a moved or changed input is a one-line error, not a failure mid-replay.
+    """
+    from evomerge.evolution.validate import InputValidationError, validate_inputs
+
+    if not path.is_file():
+        raise LineageError(f"{path}: {'is a directory' if path.is_dir() else 'not found'}")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LineageError(f"{path}: not an evomerge result.json ({exc})") from None
+    if not isinstance(result, dict):
+        raise LineageError(f"{path}: not an evomerge result.json (expected a JSON object)")
+    lineage = result.get("champion_lineage")
+    if not isinstance(lineage, list) or not lineage:
+        raise LineageError(f"{path}: champion_lineage: must be a non-empty list of lineage nodes")
+    nodes = []
+    for i, item in enumerate(lineage):
+        try:
+            nodes.append(LineageNode.from_json(item))
+        except TypeError as exc:
+            raise LineageError(
+                f"{path}: champion_lineage.{i}: not a lineage node ({exc})"
+            ) from None
+    inputs = result.get("inputs")
+    models = inputs.get("models") if isinstance(inputs, dict) else None
+    if not isinstance(models, list) or len(models) != 3:
+        raise LineageError(f"{path}: inputs.models: expected the run's 3 input model dirs")
+    base = inputs.get("base_model") if isinstance(inputs, dict) else None
+    known = {*INPUT_IDS, BASE_ID}
+    for i, node in enumerate(nodes):
+        missing = [p for p in node.parents if p not in known]
+        if missing:
+            raise LineageError(
+                f"{path}: champion_lineage.{i}: parent {missing[0]!r} comes before its node"
+            )
+        known.add(node.id)
+    if any(BASE_ID in n.parents for n in nodes) and not base:
+        raise LineageError(f"{path}: inputs.base_model: the champion needs the inputs' base model")
+    try:
+        validate_inputs(
+            [Path(p) for p in models],
+            architecture=None,
+            expected_params=None,
+            base_model=Path(base) if base else None,
+            scan=False,
+        )
+    except InputValidationError as exc:
+        raise LineageError(f"{path}: inputs: {exc}") from None
+    return result, nodes
 
 
 def _compare_with_saved(
-    champion: PreTrainedModel, saved_dir: Path, dev: torch.device, nodes: int
+    champion: PreTrainedModel, saved_dir: Path | None, dev: torch.device, nodes: int
 ) -> dict[str, Any]:
     """How far the rebuilt champion is from the one the run saved (when it is still there)."""
     from transformers import AutoModelForCausalLM
 
     comparison: dict[str, Any] = {"nodes": nodes}
-    if (saved_dir / "config.json").exists():
+    if saved_dir is None or not (saved_dir / "config.json").exists():
+        comparison["saved"] = None  # moved or deleted: nothing to compare with
+    else:
         saved = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=champion.dtype).to(dev)  # type: ignore[arg-type]
         diffs = [
             float((a.float() - weights(saved)[k].float()).abs().max())
@@ -153,4 +210,4 @@ def save_rebuilt(model: PreTrainedModel, out_dir: Path, tokenizer_dir: Path | No
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
 
 
-__all__ = ["rebuild_champion", "replay_node", "save_rebuilt"]
+__all__ = ["LineageError", "read_result", "rebuild_champion", "replay_node", "save_rebuilt"]

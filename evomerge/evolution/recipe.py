@@ -6,6 +6,7 @@ errors as ``FILE:LINE: field.path: message`` so a typo points at its line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +16,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from evomerge.fitness.config import FitnessConfig
+from evomerge.fitness.config import FiniteFloat, FitnessConfig
 from evomerge.merge.combos import DEFAULT_COMBOS, ComboTable
 
 
@@ -38,7 +40,7 @@ class Phase1Source(_Strict):
     preset: Literal["tiny", "phase1-25m"] = Field(
         "tiny", description="Model preset of the demo family."
     )
-    seed: int = Field(0, description="Seed of the demo family.")
+    seed: StrictInt = Field(0, description="Seed of the demo family.")
     out: Path = Field(
         Path("runs/phase1-tiny"), description="Where the family is (or will be) written."
     )
@@ -58,8 +60,10 @@ class InputsConfig(_Strict):
         None,
         description="model_type every input must have; default: the first input's own model_type.",
     )
-    expected_params: int | None = Field(None, description="Expected parameter count of each input.")
-    params_tolerance: float = Field(
+    expected_params: StrictInt | None = Field(
+        None, description="Expected parameter count of each input."
+    )
+    params_tolerance: FiniteFloat = Field(
         0.05, ge=0, le=1, description="Allowed relative deviation from expected_params."
     )
 
@@ -82,23 +86,25 @@ class MutationConfig(_Strict):
             "eps ~ N(0, sigma) of the way toward one random input model."
         ),
     )
-    sigma: float = Field(
+    sigma: FiniteFloat = Field(
         0.01, gt=0, description="Noise scale (gaussian) or step scale (input_direction)."
     )
     sigma_mode: Literal["absolute", "relative"] = Field(
         "relative",
         description="gaussian only. absolute: sigma in weight units (the seed); relative: sigma x each tensor's RMS.",
     )
-    rate: float = Field(0.01, gt=0, le=1, description="Fraction of elements perturbed.")
+    rate: FiniteFloat = Field(0.01, gt=0, le=1, description="Fraction of elements perturbed.")
 
 
 class EarlyStopConfig(_Strict):
     """Stop when the champion stops improving (null: always run every generation)."""
 
-    min_improvement: float = Field(
+    min_improvement: FiniteFloat = Field(
         0.001, ge=0, description="Relative champion improvement that counts as progress."
     )
-    patience: int = Field(5, ge=1, description="Generations without progress before stopping.")
+    patience: StrictInt = Field(
+        5, ge=1, description="Generations without progress before stopping."
+    )
 
 
 class SelectionConfig(_Strict):
@@ -117,12 +123,12 @@ class SelectionConfig(_Strict):
             "fixed: the run's one fitness sample (the first `max_items` documents)."
         ),
     )
-    validation_items: int = Field(
+    validation_items: StrictInt = Field(
         48,
         ge=1,
         description="Documents per task of the validation sample (from the fitness split).",
     )
-    top_k: int = Field(
+    top_k: StrictInt = Field(
         3,
         ge=1,
         description=(
@@ -147,7 +153,7 @@ class EvolutionConfig(_Strict):
         default_factory=dict,
         description="The strategy's own options (cmaes: popsize, sigma0, combo, genes, fixed, anchor).",
     )
-    layer_groups: int = Field(
+    layer_groups: StrictInt = Field(
         1,
         ge=1,
         description="Genome strategies: contiguous groups of decoder layers with their own genes.",
@@ -161,18 +167,18 @@ class EvolutionConfig(_Strict):
     )
     selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
 
-    generations: int = Field(50, ge=0, description="Generations after generation 0.")
+    generations: StrictInt = Field(50, ge=0, description="Generations after generation 0.")
     population: Literal[8] = Field(
         8, description="Population size (the combo scheme fixes it at 8)."
     )
     elites: Literal[2] = Field(2, description="Top models kept as parents of mutated children.")
     children_per_elite: Literal[3] = Field(3, description="Mutated children per elite.")
     mutation: MutationConfig = Field(default_factory=lambda: MutationConfig())
-    min_diversity: float = Field(
+    min_diversity: FiniteFloat = Field(
         0.3, ge=0, description="Re-seed the bottom 2 below this diversity."
     )
     early_stop: EarlyStopConfig | None = Field(default_factory=lambda: EarlyStopConfig())
-    seed: int = Field(0, description="Seed of every random choice of the run.")
+    seed: StrictInt = Field(0, description="Seed of every random choice of the run.")
 
     @property
     def gene_groups(self) -> int:
@@ -183,11 +189,13 @@ class EvolutionConfig(_Strict):
 class FitnessSection(FitnessConfig):
     """The fitness harness's config (evomerge.fitness.FitnessConfig) plus the run's targets."""
 
-    min_improvement: float = Field(
+    min_improvement: FiniteFloat = Field(
         0.20, description="Target relative improvement over the inputs' mean."
     )
-    report_max_items: int | None = Field(
-        None, description="Items per task for the final held-out test-split report (null: all)."
+    report_max_items: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Items per task for the final held-out test-split report (null: all).",
     )
 
 
@@ -201,7 +209,11 @@ class TrackingConfig(_Strict):
 class DeviceConfig(_Strict):
     """Where and in which precision merging and evaluation run."""
 
-    device: str = Field("auto", description="auto (accelerate's choice), cpu, cuda, cuda:N.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",
+        description="auto (accelerate's choice), cpu, cuda, cuda:N.",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="Evaluation precision: bf16 autocasts the fitness forwards.",
@@ -331,7 +343,12 @@ def load_recipe(path: Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {exc.start}): save the recipe as UTF-8"
+        ) from None
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -339,6 +356,7 @@ def load_recipe(path: Path) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    _check_duplicate_keys(path, root, ())
     if not isinstance(data, dict):
         raise RecipeError(
             f"{path}:1: a recipe must be a mapping of sections (inputs, evolution, ...)"
@@ -347,7 +365,7 @@ def load_recipe(path: Path) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(err["loc"])
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(root, loc)
         where = f"{path}:{line}" if line else str(path)
@@ -357,6 +375,32 @@ def load_recipe(path: Path) -> Recipe:
     recipe._source = (path, root)
     _check_names(path, root, data, recipe)
     return recipe
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic's name of a union member in an error location (``int``, ``literal['auto']``)."""
+    return isinstance(part, str) and bool(
+        re.fullmatch(r"int|float|str|bool|(literal|function-\w+|constrained-\w+)\[.*\]", part)
+    )
+
+
+def _check_duplicate_keys(path: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> None:
+    """A key given twice in one mapping (YAML keeps the last silently): ``FILE:LINE: field``."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key, value in node.value:
+            name = getattr(key, "value", None)
+            if name in seen:
+                field = ".".join(str(p) for p in (*loc, name))
+                raise RecipeError(
+                    f"{path}:{key.start_mark.line + 1}: {field}: given twice (YAML would keep "
+                    "only the last)"
+                )
+            seen.add(name)
+            _check_duplicate_keys(path, value, (*loc, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(path, item, (*loc, i))
 
 
 def _check_names(path: Path, root: yaml.Node | None, data: dict[str, Any], recipe: Recipe) -> None:

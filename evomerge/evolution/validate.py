@@ -338,6 +338,7 @@ def validate_inputs(
     params_tolerance: float = 0.05,
     base_model: Path | None = None,
     min_cosine: float = UNRELATED_COSINE,
+    scan: bool = True,
 ) -> ValidatedInputs:
     """Check the three input models (and optional base) can be merged; raise on the first problem.
 
@@ -346,6 +347,8 @@ def validate_inputs(
     accepted without a plugin (``evomerge.architectures.get_architecture``).
     Warnings (returned, and logged) do not stop a run: inputs that look
     unrelated, or configs that differ in a key that does not change tensor shapes.
+    ``scan=False`` stops before the one step that reads the weights (`recipe validate`:
+    files, configs, headers and tokenizers only; no NaN check, no relatedness warning).
     """
     paths = _check_count(model_dirs)
     base_path = None if base_model is None else Path(base_model)
@@ -367,7 +370,8 @@ def validate_inputs(
     tokenizer = _check_tokenizers(models, base)  # 3.
     count = _count_params(models[0], groups)
     _check_param_count(paths[0], count, expected_params, params_tolerance)  # 4.
-    cosine = _scan_tensors(models, base)  # 5. Tensor data (the only step that reads the weights).
+    # 5. Tensor data (the only step that reads the weights).
+    cosine = _scan_tensors(models, base) if scan else {}
     return ValidatedInputs(
         paths=paths,
         architecture=arch.model_type,

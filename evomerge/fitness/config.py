@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from evomerge.data.layout import DOMAINS
+
+#: A recipe number: an int or float, never YAML's ``true`` read as 1, never inf or nan.
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 
 #: The seed's weights: 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory.
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -61,24 +73,24 @@ class FitnessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    weights: dict[str, FiniteFloat] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     normalize: Literal["inputs", "none"] = "inputs"
     domains: list[str] = Field(default_factory=lambda: list(DOMAINS))
     split: Literal["fitness", "test"] = "fitness"
     #: Task names; None = the generated perplexity and cloze task of every domain for `split`.
-    tasks: list[str] | None = None
+    tasks: list[str] | None = Field(None, min_length=1)
     #: Extra lm-eval task directories (user tasks, e.g. for a plugin term).
     task_dirs: list[Path] = Field(default_factory=list)
     #: The user's own task metrics as fitness terms (name them in ``weights``).
     task_metrics: list[TaskMetric] = Field(default_factory=list)
     #: First N documents per task (lm-eval's `limit`), the evolution's subset; None = all.
-    max_items: int | None = 200
+    max_items: StrictInt | None = 200
     ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
     #: Context length for rolling windows and truncation; None = the model's (as lm-eval).
-    max_length: int | None = None
+    max_length: StrictInt | None = Field(None, ge=2)
     #: Input tokens per forward batch (rows x padded length). "auto": 8192 on the CPU; on a
     #: GPU sized to its memory from one measured batch (docs/fitness.md "Eval batches").
-    batch_tokens: int | Literal["auto"] = "auto"
+    batch_tokens: StrictInt | Literal["auto"] = "auto"
     #: Multiple-choice contexts forwarded once, choices from the model's cache: "auto" for
     #: transformers KV caches; "on" also for a model's own exact cache (TRM x Titans-MAG:
     #: slower on a 2-thread CPU, faster FLOP-bound); "off": whole rows always. See
@@ -86,15 +98,15 @@ class FitnessConfig(BaseModel):
     shared_contexts: Literal["auto", "on", "off"] = "auto"
     #: "auto": bf16 autocast on CUDA devices that support it, fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    time_batch_size: int = 4
-    time_seq_len: int = 128
-    time_warmup: int = 1
-    time_repeats: int = 5
+    time_batch_size: StrictInt = 4
+    time_seq_len: StrictInt = 128
+    time_warmup: StrictInt = Field(1, ge=0)
+    time_repeats: StrictInt = 5
     #: Relative speed/memory differences from the inputs' mean below this count as none;
     #: "auto": 3x the timing noise seen on the inputs, at least 0.05 (see docs/fitness.md).
-    cost_tolerance: float | Literal["auto"] = "auto"
-    calibration_sequences: int = 8
-    calibration_seq_len: int = 128
+    cost_tolerance: FiniteFloat | Literal["auto"] = "auto"
+    calibration_sequences: StrictInt = 8
+    calibration_seq_len: StrictInt = 128
 
     @field_validator("weights")
     @classmethod

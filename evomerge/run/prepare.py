@@ -147,19 +147,15 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
 
     from evomerge.architectures import get_architecture
     from evomerge.data import prepare_data
-    from evomerge.evolution.validate import validate_inputs
+    from evomerge.run.preflight import check_device, check_output, checked_inputs
 
     recipe = ctx.recipe
+    check_device(recipe)  # before the demo family is made: nothing is written for bad input
+    check_output(ctx.out)
     with ctx.dist.main_process_first():  # one process makes the demo family / data
         paths, base = resolve_inputs(recipe, ctx.log, ctx.show_progress)
         layout = prepare_data(progress=ctx.show_progress)
-    validated = validate_inputs(
-        paths,
-        architecture=recipe.inputs.architecture,
-        expected_params=recipe.inputs.expected_params,
-        params_tolerance=recipe.inputs.params_tolerance,
-        base_model=base,
-    )
+    validated = checked_inputs(recipe, paths, base)
     for warning in validated.warnings:
         ctx.log(f"warning: {warning}")
     arch = get_architecture(validated.architecture)
