@@ -25,6 +25,7 @@
 # (inductor) for a 1.32x faster measure: on a GPU it pays only if the measure gains more.
 set -u
 step=${1:-speed}
+case $step in speed | compile) ;; *) echo "usage: gpu_speed.sh [speed|compile]" >&2; exit 2 ;; esac
 OUT=${OUT:-/tmp/evomerge-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -37,8 +37,13 @@ def device_problem(name: str) -> str | None:
                 "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
             )
             return f"{name!r} but torch ({torch.__version__}, {built}) sees no CUDA device"
-        if (dev.index or 0) >= torch.cuda.device_count():
-            return f"{name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        count = torch.cuda.device_count()
+        if (dev.index or 0) >= count:
+            return f"{name!r} but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
+    elif dev.type in ("mps", "xpu"):
+        backend = torch.backends.mps if dev.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            return f"{name!r} but torch ({torch.__version__}) sees no {dev.type} device"
     return None
 
 

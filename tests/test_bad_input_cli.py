@@ -54,7 +54,7 @@ def recipe_text(models: list[str], extra: str = "", out: Path | None = None) -> 
         ),
         (
             "evolution: {generations: true}\n",
-            ":3: evolution.generations: Input should be a valid integer",
+            ":3: evolution.generations: Value error, expected a number, got a boolean",
         ),
         (
             "fitness: {weights: {perplexity: .inf}}\n",
@@ -216,7 +216,9 @@ def test_lineage_rebuild_refusals(tmp_path: Path, llama: dict) -> None:
     taken = tmp_path / "taken"
     (taken / "x").mkdir(parents=True)
     code, output = invoke("lineage", "rebuild", str(good), "--out", str(taken))
-    assert code == 2 and output == f"error: --out: {taken} is not empty; give a new or empty dir"
+    assert (
+        code == 2 and output == f"error: --out: {taken} is not empty; use --overwrite to replace it"
+    )
 
 
 def test_combos_refusals(tmp_path: Path, llama: dict) -> None:
@@ -225,12 +227,13 @@ def test_combos_refusals(tmp_path: Path, llama: dict) -> None:
     assert code == 2 and output.startswith("error: combo label '': expected a 3-bit label")
     code, output = invoke("combos", "show", "010", "--models", *models, "--set", "tie.density=0.3")
     assert code == 2 and output == (
-        "error: --set 'tie.density=0.3': combo 010 runs linear, ties, frankenmerge, not 'tie'"
+        "error: --set 'tie.density=0.3': the combo table has linear, slerp, dare, ties, "
+        "frankenmerge, dfs, not 'tie'"
     )
     code, output = invoke("combos", "show", "--models", *models, "--set", "nope.x=1")
-    assert (
-        code == 2 and "the combo table runs linear, slerp, dare, ties, frankenmerge, dfs" in output
-    )
+    assert code == 2 and output.startswith("error: --set 'nope.x=1': the combo table has")
+    code, output = invoke("combos", "show", "010", "--models", *models, "--set", "dare.density=0.3")
+    assert code == 0 and "note: --set 'dare.density=0.3': combo 010 does not run 'dare'" in output
     code, _ = invoke("combos", "show", "100", "--models", *models, "--set", "slerp.mode=multislerp")
     assert code == 0  # the user's method name, not the alias the stage is written as
     code, output = invoke(
@@ -278,3 +281,92 @@ def test_eval_refusals_before_measuring(tmp_path: Path, llama: dict) -> None:
     for args, expected in cases.items():
         code, output = invoke("eval", model, *args)
         assert code == 2 and output.startswith(expected), (args, output)
+
+
+def test_recipe_numbers_keep_pydantic_coercion(tmp_path: Path) -> None:
+    """`1e-3` (a string to PyYAML), `8.0e+0` as an int and numpy numbers still load."""
+    import numpy as np
+
+    from evomerge.evolution.recipe import load_recipe
+    from evomerge.fitness import FitnessConfig
+
+    path = write(
+        tmp_path,
+        recipe_text(
+            ["a", "b", "c"],
+            "evolution: {generations: 8.0e+0, mutation: {sigma: 1e-3}}\n"
+            "fitness: {cost_tolerance: 5e-2}\n",
+        ),
+    )
+    recipe = load_recipe(path)
+    assert recipe.evolution.generations == 8 and recipe.evolution.mutation.sigma == 0.001
+    assert recipe.fitness.cost_tolerance == 0.05
+    assert FitnessConfig(max_items=np.int64(10), cost_tolerance=np.float32(0.5)).max_items == 10
+    # two merge keys in one mapping are not a duplicate key: YAML merges both
+    path = write(
+        tmp_path,
+        recipe_text(["a", "b", "c"], "evolution:\n  <<: [{generations: 2}]\n  <<: {seed: 3}\n"),
+        "merge.yaml",
+    )
+    merged = load_recipe(path).evolution
+    assert merged.generations == 2 and merged.seed == 3
+
+
+def test_validate_skips_a_demo_family_run_would_remake(tmp_path: Path) -> None:
+    family = tmp_path / "fam"
+    for i in (1, 2, 3):  # half-made: configs, no weights, no manifest
+        (family / f"model_{i}").mkdir(parents=True)
+        (family / f"model_{i}" / "config.json").write_text("{}")
+    path = write(tmp_path, f"inputs:\n  phase1: {{out: {family}}}\noutput: {tmp_path / 'o'}\n")
+    code, output = invoke("recipe", "validate", str(path))
+    assert code == 0 and output.startswith(f"{path}: ok"), output
+
+
+def test_schema_only_validate(tmp_path: Path) -> None:
+    path = write(tmp_path, recipe_text(["/far/a", "/far/b", "/far/c"], "device: {device: cuda}\n"))
+    code, output = invoke("recipe", "validate", str(path), "--schema-only")
+    assert code == 0 and output.startswith(f"{path}: ok"), output
+
+
+def test_overwrite_never_deletes_what_the_command_reads(
+    tmp_path: Path, llama: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = llama["models"]
+    parent = str(Path(models[0]).parent)  # holds the inputs
+    for args in (
+        ("combos", "export", "001", "--models", *models, "--out", parent, "--overwrite"),
+        ("combos", "export", "001", "--models", *models, "--out", models[0], "--overwrite"),
+    ):
+        code, output = invoke(*args)
+        assert code == 2 and "which this command reads; not replaced" in output, output
+    assert all((Path(m) / "config.json").is_file() for m in models)
+    work = tmp_path / "work"
+    (work / "keep.txt").parent.mkdir()
+    (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    code, output = invoke(
+        "combos", "export", "001", "--models", *models, "--out", ".", "--overwrite"
+    )
+    assert code == 2 and "is the working, home or root directory" in output, output
+    assert (work / "keep.txt").read_text() == "mine"
+    recipe = write(tmp_path, recipe_text(models, out=Path(parent)), "over.yaml")
+    code, output = invoke("recipe", "run", str(recipe), "--overwrite")
+    assert code == 2 and "--overwrite would delete it, so it is refused" in output, output
+    assert all((Path(m) / "config.json").is_file() for m in models)
+
+
+def test_staged_dir_replaces_only_on_success(tmp_path: Path) -> None:
+    from evomerge.output_dir import staged_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_dir(out) as staging:
+        (staging / "new.txt").write_text("half")
+        raise RuntimeError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left over
+    assert (out / "old.txt").read_text() == "old"
+    with staged_dir(out) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -63,27 +63,35 @@ def _check_dirs(names: list[str], base: str | None) -> None:
             raise _fail(f"{flag}: {name}: not a directory (expected a save_pretrained model dir)")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """A new or empty --out dir (or --overwrite), as `recipe run` asks: no silent mixing.
+def _check_out(out: Path, overwrite: bool, keep: list[Any]) -> None:
+    """A new or empty --out dir, or with --overwrite a non-empty one that holds nothing the
+    command reads (``keep``): as `recipe run` asks, no silent mixing, no lost inputs."""
+    from evomerge.output_dir import replace_refusal
 
-    With --overwrite the old contents go only once the merge is done (``_execute``).
-    """
     if out.exists() and not out.is_dir():
         raise _fail(f"--out: {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise _fail(f"--out: {out} is not empty; use --overwrite to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise _fail(f"--out: {out} is not empty; use --overwrite to replace it")
+        refusal = replace_refusal(out, keep)
+        if refusal is not None:
+            raise _fail(f"--out: {refusal}; not replaced")
 
 
 def _check_sets(sets: list[str] | None, params: Any, label: str | None) -> None:
-    """Each --set names a method the combo runs (else a typo would be silently ignored)."""
-    if label is not None:
-        used, what = list(params.combo_methods(label)), f"combo {label}"
-    else:
-        used, what = [m for pair in params.table for m in pair], "the combo table"
+    """Each --set names a method of the combo table (else a typo would be silently ignored).
+
+    One the table has but this combo does not run is only noted: a loop over the eight
+    labels can pass the same --set to each.
+    """
+    table = [m for pair in params.table for m in pair]
+    used = list(params.combo_methods(label)) if label is not None else table
     for item in sets or []:
         method = item.partition("=")[0].partition(".")[0]
+        if method not in table:
+            raise _fail(f"--set {item!r}: the combo table has {', '.join(table)}, not {method!r}")
         if method not in used:
-            raise _fail(f"--set {item!r}: {what} runs {', '.join(used)}, not {method!r}")
+            typer.echo(f"note: --set {item!r}: combo {label} does not run {method!r}", err=True)
 
 
 def _load_recipe(path: Path | None) -> Any:
@@ -188,11 +196,10 @@ def _execute(
     result = engine.run_config(
         config, inputs, out=model.state_dict(), scratch_model=model, label=label
     )
-    if out.is_dir():  # _check_out let a non-empty dir through only with --overwrite
-        import shutil
+    from evomerge.output_dir import staged_dir
 
-        shutil.rmtree(out)
-    save_merged(model, str(out), tokenizer_from=names[0], config_yaml=result.config_yaml)
+    with staged_dir(out) as staging:  # replaces --out only once the whole model is saved
+        save_merged(model, str(staging), tokenizer_from=names[0], config_yaml=result.config_yaml)
     for log in result.stage_logs:
         note = f"  FALLBACK to linear: {log.fallback}" if log.fallback else ""
         typer.echo(f"stage {log.stage} {log.method:<13} {log.seconds:7.3f} s{note}")
@@ -223,7 +230,7 @@ def export(
     try:
         config = combo_config(label, names, base, params, seed=seed)
         _check_sets(sets, params, label)
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, [*names, base, calibration, recipe_path])
         needs = _needs_calibration(config)
         if needs and not calibration:
             raise MergeConfigError(
@@ -260,16 +267,14 @@ def run(
         config = ComboConfig.from_yaml(text, source=str(config_file))
         if engine not in ("evomerge", "mergekit"):
             raise MergeConfigError(f"--engine {engine!r}: expected 'evomerge' or 'mergekit'")
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, [config_file, calibration, *_config_paths(config)])
         if engine == "mergekit":
-            import shutil
-
             from evomerge.merge.mergekit_bridge import run_with_mergekit
+            from evomerge.output_dir import staged_dir
 
-            if out.is_dir():  # --overwrite (checked above); mergekit writes into the dir
-                shutil.rmtree(out)
-
-            run_with_mergekit(text, out, intermediate_dir=out.with_name(out.name + ".stages"))
+            stages = out.resolve().with_name(out.resolve().name + ".stages")
+            with staged_dir(out) as staging:  # replaces --out only once mergekit is done
+                run_with_mergekit(text, staging, intermediate_dir=stages)
             typer.echo(f"wrote {out} (mergekit)")
             return
         stage_names = {s.name for s in config.stages}
@@ -284,6 +289,14 @@ def run(
         _execute(config, inputs, base, out, calibration, None)
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _config_paths(config: Any) -> list[str]:
+    """The model paths a merge config reads (its inputs and base; stage names excluded)."""
+    stage_names = {s.name for s in config.stages}
+    named = [n for s in config.stages for n in s.input_names()]
+    named += [s.base_model for s in config.stages if s.base_model]
+    return [n for n in dict.fromkeys(named) if n not in stage_names]
 
 
 def _needs_calibration(config: Any) -> str | None:

@@ -95,8 +95,10 @@ def eval_command(
     try:
         cfg = FitnessConfig.from_yaml(config.read_text()) if config else FitnessConfig()
     except ValidationError as exc:
+        from evomerge.evolution.recipe import error_loc
+
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in error_loc(tuple(err["loc"]))) or "(top level)"
         raise _fail(f"{config}: {field}: {err['msg']}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

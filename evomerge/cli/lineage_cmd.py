@@ -21,6 +21,7 @@ def rebuild_cmd(
     device: str = typer.Option(
         "cpu", "--device", help="Device to rebuild on (the run's, for bit-identity)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out dir."),
     inputs: str = typer.Option(
         "disk",
         "--inputs",
@@ -37,7 +38,13 @@ def rebuild_cmd(
     from rich.console import Console
 
     from evomerge.device import device_problem
-    from evomerge.evolution.rebuild import LineageError, rebuild_champion, save_rebuilt
+    from evomerge.evolution.rebuild import (
+        LineageError,
+        read_result,
+        rebuild_champion,
+        save_rebuilt,
+    )
+    from evomerge.output_dir import replace_refusal, staged_dir
 
     console = Console()
     err = Console(stderr=True)
@@ -51,16 +58,25 @@ def rebuild_cmd(
     problem = device_problem(device) if device != "auto" else "'auto': give cpu or cuda:N"
     if problem is not None:
         raise fail(f"--device: {problem}")
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "is not a directory" if not out.is_dir() else "is not empty"
-        raise fail(f"--out: {out} {what}; give a new or empty dir")
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail(f"--out: {out} exists and is not a directory")
+    if out is not None and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise fail(f"--out: {out} is not empty; use --overwrite to replace it")
     try:
+        if out is not None and out.is_dir() and any(out.iterdir()):  # --overwrite: is it safe?
+            result, _ = read_result(result_json)
+            inputs_of = result["inputs"]
+            keep = [*inputs_of["models"], inputs_of.get("base_model"), result_json]
+            refusal = replace_refusal(out, [*keep, result.get("model")])
+            if refusal is not None:
+                raise fail(f"--out: {refusal}; not replaced")
         model, comparison = rebuild_champion(result_json, device=device, inputs=inputs)  # type: ignore[arg-type]
     except LineageError as exc:
         raise fail(str(exc)) from None
     if out is not None:
         models = json.loads(result_json.read_text())["inputs"]["models"]
-        save_rebuilt(model, out, Path(models[0]))
+        with staged_dir(out) as staging:  # replaces --out only once the model is saved
+            save_rebuilt(model, staging, Path(models[0]))
         console.print(f"saved rebuilt champion to {out}")
     if comparison.get("saved", "") is None:
         console.print(

@@ -36,7 +36,14 @@ def _load(recipe_path: Path, out: Path | None, generations: int | None):  # type
 
 
 @app.command("validate")
-def validate_cmd(recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml")) -> None:
+def validate_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),
+    schema_only: bool = typer.Option(
+        False,
+        "--schema-only",
+        help="Only the file itself: no device or input-model checks (a recipe for another machine).",
+    ),
+) -> None:
     """Check a recipe without running anything: its schema, every merge method (combos
     and stages), method parameter, fitness term, domain and task it names, the device,
     and the input models' files, configs, tensor headers and tokenizers (not their weights)."""
@@ -48,7 +55,8 @@ def validate_cmd(recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"))
     console = Console(stderr=True)
     try:
         recipe = _load(recipe_path, None, None)
-        preflight(recipe)
+        if not schema_only:
+            preflight(recipe)
     except RecipeError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -16,13 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from evomerge.fitness.config import FiniteFloat, FitnessConfig
+from evomerge.fitness.config import FiniteFloat, FitnessConfig, Int
 from evomerge.merge.combos import DEFAULT_COMBOS, ComboTable
 
 
@@ -40,7 +39,7 @@ class Phase1Source(_Strict):
     preset: Literal["tiny", "phase1-25m"] = Field(
         "tiny", description="Model preset of the demo family."
     )
-    seed: StrictInt = Field(0, description="Seed of the demo family.")
+    seed: Int = Field(0, description="Seed of the demo family.")
     out: Path = Field(
         Path("runs/phase1-tiny"), description="Where the family is (or will be) written."
     )
@@ -60,9 +59,7 @@ class InputsConfig(_Strict):
         None,
         description="model_type every input must have; default: the first input's own model_type.",
     )
-    expected_params: StrictInt | None = Field(
-        None, description="Expected parameter count of each input."
-    )
+    expected_params: Int | None = Field(None, description="Expected parameter count of each input.")
     params_tolerance: FiniteFloat = Field(
         0.05, ge=0, le=1, description="Allowed relative deviation from expected_params."
     )
@@ -102,9 +99,7 @@ class EarlyStopConfig(_Strict):
     min_improvement: FiniteFloat = Field(
         0.001, ge=0, description="Relative champion improvement that counts as progress."
     )
-    patience: StrictInt = Field(
-        5, ge=1, description="Generations without progress before stopping."
-    )
+    patience: Int = Field(5, ge=1, description="Generations without progress before stopping.")
 
 
 class SelectionConfig(_Strict):
@@ -123,12 +118,12 @@ class SelectionConfig(_Strict):
             "fixed: the run's one fitness sample (the first `max_items` documents)."
         ),
     )
-    validation_items: StrictInt = Field(
+    validation_items: Int = Field(
         48,
         ge=1,
         description="Documents per task of the validation sample (from the fitness split).",
     )
-    top_k: StrictInt = Field(
+    top_k: Int = Field(
         3,
         ge=1,
         description=(
@@ -153,7 +148,7 @@ class EvolutionConfig(_Strict):
         default_factory=dict,
         description="The strategy's own options (cmaes: popsize, sigma0, combo, genes, fixed, anchor).",
     )
-    layer_groups: StrictInt = Field(
+    layer_groups: Int = Field(
         1,
         ge=1,
         description="Genome strategies: contiguous groups of decoder layers with their own genes.",
@@ -167,7 +162,7 @@ class EvolutionConfig(_Strict):
     )
     selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
 
-    generations: StrictInt = Field(50, ge=0, description="Generations after generation 0.")
+    generations: Int = Field(50, ge=0, description="Generations after generation 0.")
     population: Literal[8] = Field(
         8, description="Population size (the combo scheme fixes it at 8)."
     )
@@ -178,7 +173,7 @@ class EvolutionConfig(_Strict):
         0.3, ge=0, description="Re-seed the bottom 2 below this diversity."
     )
     early_stop: EarlyStopConfig | None = Field(default_factory=lambda: EarlyStopConfig())
-    seed: StrictInt = Field(0, description="Seed of every random choice of the run.")
+    seed: Int = Field(0, description="Seed of every random choice of the run.")
 
     @property
     def gene_groups(self) -> int:
@@ -192,7 +187,7 @@ class FitnessSection(FitnessConfig):
     min_improvement: FiniteFloat = Field(
         0.20, description="Target relative improvement over the inputs' mean."
     )
-    report_max_items: StrictInt | None = Field(
+    report_max_items: Int | None = Field(
         None,
         ge=1,
         description="Items per task for the final held-out test-split report (null: all).",
@@ -211,7 +206,7 @@ class DeviceConfig(_Strict):
 
     device: str = Field(
         "auto",
-        pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",
+        pattern=r"^(auto|cpu|(cuda|mps|xpu)(:\d+)?)$",
         description="auto (accelerate's choice), cpu, cuda, cuda:N.",
     )
     precision: Literal["fp32", "bf16"] = Field(
@@ -365,7 +360,7 @@ def load_recipe(path: Path) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        loc = error_loc(tuple(err["loc"]))
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(root, loc)
         where = f"{path}:{line}" if line else str(path)
@@ -375,6 +370,11 @@ def load_recipe(path: Path) -> Recipe:
     recipe._source = (path, root)
     _check_names(path, root, data, recipe)
     return recipe
+
+
+def error_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location without its union-member names: the field a user wrote."""
+    return tuple(p for p in loc if not _is_union_tag(p))
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -390,13 +390,15 @@ def _check_duplicate_keys(path: Path, node: yaml.Node | None, loc: tuple[Any, ..
         seen: set[Any] = set()
         for key, value in node.value:
             name = getattr(key, "value", None)
-            if name in seen:
+            if key.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` keys merge, each of them
+                continue
+            if (key.tag, name) in seen:
                 field = ".".join(str(p) for p in (*loc, name))
                 raise RecipeError(
                     f"{path}:{key.start_mark.line + 1}: {field}: given twice (YAML would keep "
                     "only the last)"
                 )
-            seen.add(name)
+            seen.add((key.tag, name))
             _check_duplicate_keys(path, value, (*loc, name))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):

@@ -9,18 +9,27 @@ import yaml
 from pydantic import (
     AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    Strict,
-    StrictInt,
     field_validator,
     model_validator,
 )
 
 from evomerge.data.layout import DOMAINS
 
-#: A recipe number: an int or float, never YAML's ``true`` read as 1, never inf or nan.
-FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
+
+def _not_bool(value: Any) -> Any:
+    """YAML's ``true`` is no number (pydantic would read it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+#: Recipe numbers. pydantic's usual coercion stays (``8.0e+9`` as an int, numpy numbers, and
+#: ``1e-3``, which PyYAML reads as a string), but a boolean is refused and floats are finite.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
 
 #: The seed's weights: 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory.
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -84,13 +93,13 @@ class FitnessConfig(BaseModel):
     #: The user's own task metrics as fitness terms (name them in ``weights``).
     task_metrics: list[TaskMetric] = Field(default_factory=list)
     #: First N documents per task (lm-eval's `limit`), the evolution's subset; None = all.
-    max_items: StrictInt | None = 200
+    max_items: Int | None = 200
     ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
     #: Context length for rolling windows and truncation; None = the model's (as lm-eval).
-    max_length: StrictInt | None = Field(None, ge=2)
+    max_length: Int | None = Field(None, ge=2)
     #: Input tokens per forward batch (rows x padded length). "auto": 8192 on the CPU; on a
     #: GPU sized to its memory from one measured batch (docs/fitness.md "Eval batches").
-    batch_tokens: StrictInt | Literal["auto"] = "auto"
+    batch_tokens: Int | Literal["auto"] = "auto"
     #: Multiple-choice contexts forwarded once, choices from the model's cache: "auto" for
     #: transformers KV caches; "on" also for a model's own exact cache (TRM x Titans-MAG:
     #: slower on a 2-thread CPU, faster FLOP-bound); "off": whole rows always. See
@@ -98,15 +107,15 @@ class FitnessConfig(BaseModel):
     shared_contexts: Literal["auto", "on", "off"] = "auto"
     #: "auto": bf16 autocast on CUDA devices that support it, fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    time_batch_size: StrictInt = 4
-    time_seq_len: StrictInt = 128
-    time_warmup: StrictInt = Field(1, ge=0)
-    time_repeats: StrictInt = 5
+    time_batch_size: Int = 4
+    time_seq_len: Int = 128
+    time_warmup: Int = Field(1, ge=0)
+    time_repeats: Int = 5
     #: Relative speed/memory differences from the inputs' mean below this count as none;
     #: "auto": 3x the timing noise seen on the inputs, at least 0.05 (see docs/fitness.md).
     cost_tolerance: FiniteFloat | Literal["auto"] = "auto"
-    calibration_sequences: StrictInt = 8
-    calibration_seq_len: StrictInt = 128
+    calibration_sequences: Int = 8
+    calibration_seq_len: Int = 128
 
     @field_validator("weights")
     @classmethod

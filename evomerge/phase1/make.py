@@ -171,6 +171,23 @@ def _load(dest: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(dest)
 
 
+def reusable_family(out: Path, spec: FamilySpec) -> bool:
+    """``make_family`` would reuse ``out`` as it is: its manifest names ``spec``, all four dirs there."""
+    manifest_path = Path(out) / "phase1.json"
+    if not manifest_path.is_file():
+        return False
+    try:
+        existing = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    names = ["base", *(f"model_{i}" for i in range(1, 4))]
+    return (
+        isinstance(existing, dict)
+        and existing.get("spec") == json.loads(json.dumps(spec.to_json()))
+        and all((Path(out) / name / "config.json").exists() for name in names)
+    )
+
+
 def make_family(
     out: Path,
     spec: FamilySpec,
@@ -186,25 +203,22 @@ def make_family(
 
     out = Path(out).resolve()
     manifest_path = out / "phase1.json"
-    if manifest_path.exists():
+    if reusable_family(out, spec):
         existing = json.loads(manifest_path.read_text())
         names = ["base", *(f"model_{i}" for i in range(1, 4))]
-        if existing.get("spec") == json.loads(json.dumps(spec.to_json())) and all(
-            (out / name / "config.json").exists() for name in names
-        ):
-            # a family copied to another machine or path is still the same family:
-            # point the handoff at where it is now, not where it was made
-            log(f"reusing complete Phase-1 family in {out}")
-            moved = {
-                "models": [str(out / name) for name in names[1:]],
-                "base_model": str(out / "base"),
-            }
-            if {k: existing.get(k) for k in moved} != moved:  # the handoff file says so too
-                existing.update(moved)
-                tmp = manifest_path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(existing, indent=2))
-                tmp.replace(manifest_path)
-            return dict(existing)
+        # a family copied to another machine or path is still the same family:
+        # point the handoff at where it is now, not where it was made
+        log(f"reusing complete Phase-1 family in {out}")
+        moved = {
+            "models": [str(out / name) for name in names[1:]],
+            "base_model": str(out / "base"),
+        }
+        if {k: existing.get(k) for k in moved} != moved:  # the handoff file says so too
+            existing.update(moved)
+            tmp = manifest_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(existing, indent=2))
+            tmp.replace(manifest_path)
+        return dict(existing)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phase1.json").unlink(missing_ok=True)  # stale or foreign: never trust it half-way
     _forget_other_specs(out, spec)

@@ -82,12 +82,16 @@ def preflight(recipe: Recipe) -> None:
     if recipe.inputs.models is not None:
         paths, base = list(recipe.inputs.models), recipe.inputs.base_model
     else:
-        assert recipe.inputs.phase1 is not None
-        family = Path(recipe.inputs.phase1.out)
+        from evomerge.phase1 import FamilySpec
+        from evomerge.phase1.make import reusable_family
+
+        source = recipe.inputs.phase1
+        assert source is not None
+        family = Path(source.out)
+        if not reusable_family(family, FamilySpec.for_preset(source.preset, seed=source.seed)):
+            return  # `run` makes (or remakes) it first
         paths = [family / f"model_{i}" for i in (1, 2, 3)]
-        if not all((p / "config.json").is_file() for p in paths):
-            return
-        base = recipe.inputs.base_model
+        base = recipe.inputs.base_model or family / "base"
     validated = checked_inputs(recipe, paths, base, scan=False)
     arch = get_architecture(validated.architecture)
     check_layer_groups(recipe, arch.config_class.from_pretrained(paths[0]))

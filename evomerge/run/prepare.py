@@ -84,8 +84,16 @@ def resolve_inputs(
     return [Path(p) for p in family["models"]], base
 
 
-def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """An empty output dir (or, with ``resume``, one that holds a checkpoint)."""
+def prepare_out_dir(
+    out: Path, *, resume: bool, overwrite: bool, keep: Sequence[Path | str | None] = ()
+) -> None:
+    """An empty output dir (or, with ``resume``, one that holds a checkpoint).
+
+    ``--overwrite`` never deletes a dir that is or holds one of ``keep`` (the inputs, the
+    recipe, task dirs), nor the working, home or root dir (evomerge/output_dir.py).
+    """
+    from evomerge.output_dir import replace_refusal
+
     if resume:
         if not Checkpoint(out).exists():
             raise RecipeError(f"{out}: --resume: no checkpoint in this output dir")
@@ -95,6 +103,9 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
             raise RecipeError(
                 f"{out}: output dir is not empty; use --resume to continue or --overwrite to start over"
             )
+        refusal = replace_refusal(out, keep)
+        if refusal is not None:
+            raise RecipeError(f"output: {refusal}; --overwrite would delete it, so it is refused")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -181,8 +192,22 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         refusal = next((r for r in gather_object([refusal]) if r), None)
     if refusal is not None:
         raise RecipeError(refusal)
+    refusal = None
     if ctx.is_main:
-        prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite)
+        source = recipe._source[0] if recipe._source else None
+        keep = [*paths, base, source, *recipe.fitness.task_dirs]
+        if recipe.inputs.phase1 is not None:
+            keep.append(recipe.inputs.phase1.out)
+        try:
+            prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite, keep=keep)
+        except RecipeError as exc:
+            refusal = str(exc)
+    if ctx.dist.num_processes > 1:  # every process refuses if the main one does
+        from accelerate.utils import gather_object
+
+        refusal = next((r for r in gather_object([refusal]) if r), None)
+    if refusal is not None:
+        raise RecipeError(refusal)
     ctx.dist.wait_for_everyone()
 
     def factory() -> PreTrainedModel:
