@@ -135,7 +135,12 @@ def eval_command(
                 suite, tokenizer, device, config=cfg, model_config=model.config
             )
         except (KeyError, ValueError, FileNotFoundError) as exc:
-            raise _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+            message = str(exc.args[0] if isinstance(exc, KeyError) else exc)
+            # the generated tasks live in a temporary dir that is gone when the user reads this
+            message = message.replace(f" in {tmp}", " in the generated demo tasks")
+            if message.startswith("unknown task"):
+                message = f"--tasks: {message}"
+            raise _fail(message) from None
         measured = harness.measure(model)
         ref_measured = {str(p): harness.measure(_load(p)[0]) for p in refs}
     if ref_measured:
