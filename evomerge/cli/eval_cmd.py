@@ -75,6 +75,7 @@ def eval_command(
     from pydantic import ValidationError
 
     from evomerge.device import device_problem
+    from evomerge.evolution.recipe import error_loc, yaml_problem
     from evomerge.fitness import CompositeFitness, FitnessConfig, FitnessHarness, TaskSuite
     from evomerge.fitness.tasks import generated_task_names, write_tasks
 
@@ -95,15 +96,11 @@ def eval_command(
     try:
         cfg = FitnessConfig.from_yaml(config.read_text()) if config else FitnessConfig()
     except ValidationError as exc:
-        from evomerge.evolution.recipe import error_loc
-
         err = exc.errors()[0]
         field = ".".join(str(p) for p in error_loc(tuple(err["loc"]))) or "(top level)"
         raise _fail(f"{config}: {field}: {err['msg']}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{config}:{mark.line + 1}" if mark else str(config)
-        raise _fail(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise _fail(yaml_problem(Path(str(config)), exc)) from None
     except (OSError, ValueError) as exc:
         raise _fail(f"{config}: {exc}") from None
     updates: dict[str, Any] = {"split": split}

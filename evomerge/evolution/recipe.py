@@ -348,9 +348,7 @@ def load_recipe(path: Path) -> Recipe:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise RecipeError(yaml_problem(path, exc)) from None
     _check_duplicate_keys(path, root, ())
     if not isinstance(data, dict):
         raise RecipeError(
@@ -370,6 +368,13 @@ def load_recipe(path: Path) -> Recipe:
     recipe._source = (path, root)
     _check_names(path, root, data, recipe)
     return recipe
+
+
+def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """``FILE:LINE: invalid YAML: what`` for a file PyYAML could not parse."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    return f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"
 
 
 def error_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -171,21 +171,23 @@ def _load(dest: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(dest)
 
 
-def reusable_family(out: Path, spec: FamilySpec) -> bool:
-    """``make_family`` would reuse ``out`` as it is: its manifest names ``spec``, all four dirs there."""
+def reusable_family(out: Path, spec: FamilySpec) -> dict[str, Any] | None:
+    """The manifest of a family ``make_family`` would reuse as it is (it names ``spec`` and
+    all four dirs are there), else None."""
     manifest_path = Path(out) / "phase1.json"
     if not manifest_path.is_file():
-        return False
+        return None
     try:
         existing = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
     names = ["base", *(f"model_{i}" for i in range(1, 4))]
-    return (
+    complete = (
         isinstance(existing, dict)
         and existing.get("spec") == json.loads(json.dumps(spec.to_json()))
         and all((Path(out) / name / "config.json").exists() for name in names)
     )
+    return existing if complete else None
 
 
 def make_family(
@@ -203,14 +205,13 @@ def make_family(
 
     out = Path(out).resolve()
     manifest_path = out / "phase1.json"
-    if reusable_family(out, spec):
-        existing = json.loads(manifest_path.read_text())
-        names = ["base", *(f"model_{i}" for i in range(1, 4))]
+    existing = reusable_family(out, spec)
+    if existing is not None:
         # a family copied to another machine or path is still the same family:
         # point the handoff at where it is now, not where it was made
         log(f"reusing complete Phase-1 family in {out}")
         moved = {
-            "models": [str(out / name) for name in names[1:]],
+            "models": [str(out / f"model_{i}") for i in range(1, 4)],
             "base_model": str(out / "base"),
         }
         if {k: existing.get(k) for k in moved} != moved:  # the handoff file says so too

@@ -88,7 +88,8 @@ def preflight(recipe: Recipe) -> None:
         source = recipe.inputs.phase1
         assert source is not None
         family = Path(source.out)
-        if not reusable_family(family, FamilySpec.for_preset(source.preset, seed=source.seed)):
+        spec = FamilySpec.for_preset(source.preset, seed=source.seed)
+        if reusable_family(family, spec) is None:
             return  # `run` makes (or remakes) it first
         paths = [family / f"model_{i}" for i in (1, 2, 3)]
         base = recipe.inputs.base_model or family / "base"

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel
@@ -28,6 +28,8 @@ from evomerge.evolution.residency import (
     shortfall,
 )
 from evomerge.run.context import IN_FLIGHT, RESIDENT_LIMIT, RunContext
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -174,40 +176,29 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     check_layer_groups(recipe, config)
     device = resolve_device(recipe.device.device)
     dtype = storage_dtype(recipe.device.storage, config)
-    refusal: str | None = None
-    try:
-        residency = input_residency(
+    residency = _together(
+        ctx,
+        lambda: input_residency(
             recipe,
             validated.param_count,
             dtype,
             device,
             base is not None,
             processes=ctx.dist.num_processes,
-        )
-    except RecipeError as exc:
-        refusal = str(exc)
-    if ctx.dist.num_processes > 1:  # every process refuses if one does (none waits alone)
-        from accelerate.utils import gather_object
-
-        refusal = next((r for r in gather_object([refusal]) if r), None)
-    if refusal is not None:
-        raise RecipeError(refusal)
-    refusal = None
-    if ctx.is_main:
-        source = recipe._source[0] if recipe._source else None
-        keep = [*paths, base, source, *recipe.fitness.task_dirs]
-        if recipe.inputs.phase1 is not None:
-            keep.append(recipe.inputs.phase1.out)
-        try:
+        ),
+    )
+    source = recipe._source[0] if recipe._source else None
+    keep = [*paths, base, source, *recipe.fitness.task_dirs]
+    if recipe.inputs.phase1 is not None:
+        keep.append(recipe.inputs.phase1.out)
+    _together(
+        ctx,
+        lambda: (
             prepare_out_dir(ctx.out, resume=ctx.resume, overwrite=ctx.overwrite, keep=keep)
-        except RecipeError as exc:
-            refusal = str(exc)
-    if ctx.dist.num_processes > 1:  # every process refuses if the main one does
-        from accelerate.utils import gather_object
-
-        refusal = next((r for r in gather_object([refusal]) if r), None)
-    if refusal is not None:
-        raise RecipeError(refusal)
+            if ctx.is_main
+            else None
+        ),
+    )
     ctx.dist.wait_for_everyone()
 
     def factory() -> PreTrainedModel:
@@ -228,6 +219,24 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         residency,
         validated.architecture,
     )
+
+
+def _together(ctx: RunContext, check: Callable[[], _T]) -> _T:
+    """``check()``'s value; if it raises a RecipeError in any process, every process raises it
+    (gathered across `accelerate launch`, so none is left waiting at a barrier alone)."""
+    refusal: str | None = None
+    value: Any = None
+    try:
+        value = check()
+    except RecipeError as exc:
+        refusal = str(exc)
+    if ctx.dist.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        refusal = next((r for r in gather_object([refusal]) if r), None)
+    if refusal is not None:
+        raise RecipeError(refusal)
+    return value
 
 
 def input_residency(
