@@ -86,6 +86,18 @@ def test_recipe_schema_refusals(tmp_path: Path, body: str, expected: str) -> Non
     assert code == 2 and output.startswith(f"error: {path}{expected}"), output
 
 
+def test_a_merge_config_given_as_a_recipe() -> None:
+    """`combos export` files and recipes/example-third-party.yaml are several YAML documents:
+    PyYAML's "found another document" said nothing of what the file is."""
+    shipped = Path(__file__).resolve().parents[1] / "recipes" / "example-third-party.yaml"
+    for command in ("validate", "run"):
+        code, output = invoke("recipe", command, str(shipped))
+        assert code == 2 and output == (
+            f"error: {shipped}: a merge config (merge_method:), not an evolution recipe; "
+            f"run it with `evomerge combos run {shipped} --out OUT`"
+        ), output
+
+
 def test_recipe_not_utf8(tmp_path: Path) -> None:
     path = write(tmp_path, b"name: caf\xe9\n")
     for command in ("validate", "run"):

@@ -6,6 +6,7 @@ below target (the champion is saved anyway), 2 bad input (nothing written).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -35,6 +36,21 @@ def _load(recipe_path: Path, out: Path | None, generations: int | None):  # type
     return recipe
 
 
+#: A memory size as people write it: 80GB, 80 GiB, 1.5tb, 512MB, or plain bytes.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``. By hand, not accelerate's ``convert_file_size_to_int``: that one
+    reads a lower-case ``80gb`` as gigabits (10 GB), a trap in a memory option."""
+    match = _SIZE.fullmatch(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 80GB, 80GiB, 512MB)")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
 @app.command("validate")
 def validate_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),
@@ -43,26 +59,53 @@ def validate_cmd(
         "--schema-only",
         help="Only the file itself: no device or input-model checks (a recipe for another machine).",
     ),
+    gpu_memory: str | None = typer.Option(
+        None,
+        "--gpu-memory",
+        metavar="SIZE",
+        help="Plan the run for a GPU with this much free memory (e.g. 80GB) instead of this "
+        "machine's device.",
+    ),
+    host_memory: str | None = typer.Option(
+        None,
+        "--host-memory",
+        metavar="SIZE",
+        help="Plan the run for this much available host memory (e.g. 128GB) instead of this "
+        "machine's.",
+    ),
 ) -> None:
     """Check a recipe without running anything: its schema, every merge method (combos
     and stages), method parameter, fitness term, domain and task it names, the device,
-    and the input models' files, configs, tensor headers and tokenizers (not their weights)."""
+    the input models' files, configs, tensor headers and tokenizers (not their weights),
+    and whether the models the run holds fit the device (printed as its memory plan)."""
     from rich.console import Console
 
     from evomerge.evolution.recipe import RecipeError
     from evomerge.run.preflight import preflight
 
     console = Console(stderr=True)
+    plan = None
     try:
+        sizes = {}
+        for option, given in (("--gpu-memory", gpu_memory), ("--host-memory", host_memory)):
+            try:
+                sizes[option] = None if given is None else parse_size(given)
+            except ValueError as exc:
+                raise RecipeError(f"{option}: {exc}") from None
         recipe = _load(recipe_path, None, None)
         if not schema_only:
-            preflight(recipe)
+            plan = preflight(
+                recipe, gpu_memory=sizes["--gpu-memory"], host_memory=sizes["--host-memory"]
+            )
     except RecipeError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
-    Console().print(
+    out = Console()
+    out.print(
         f"{recipe_path}: ok ({recipe.evolution.generations} generations, output {recipe.output})"
     )
+    if plan is not None:
+        out.print(f"memory: {plan.describe()}", soft_wrap=True, highlight=False)
 
 
 @app.command("run")

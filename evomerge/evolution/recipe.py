@@ -344,6 +344,11 @@ def load_recipe(path: Path) -> Recipe:
         raise RecipeError(
             f"{path}: not UTF-8 text (byte {exc.start}): save the recipe as UTF-8"
         ) from None
+    if _is_merge_config(text):
+        raise RecipeError(
+            f"{path}: a merge config (merge_method:), not an evolution recipe; "
+            f"run it with `evomerge combos run {path} --out OUT`"
+        )
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -368,6 +373,16 @@ def load_recipe(path: Path) -> Recipe:
     recipe._source = (path, root)
     _check_names(path, root, data, recipe)
     return recipe
+
+
+def _is_merge_config(text: str) -> bool:
+    """Whether the file's first YAML document is a mergekit config (`combos export` writes
+    them, several documents to a file), which a user may hand to `recipe` by mistake."""
+    try:
+        first = next(yaml.safe_load_all(text), None)
+    except yaml.YAMLError:
+        return False
+    return isinstance(first, dict) and "merge_method" in first
 
 
 def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:

@@ -16,6 +16,7 @@ CPU (where host memory is the device's) straight to the files.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +88,79 @@ def shortfall(
     inputs_here = residency == "device" or (device.type == "cpu" and residency == "host")
     held = candidate_bytes + (input_bytes if inputs_here else 0)
     return (held, room) if held > room else None
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a run holds where, in weights: the arithmetic `recipe validate` prints and
+    `recipe run` refuses by, from the inputs' safetensors headers alone.
+
+    Counted: the input models (and the base where it is loaded) in the storage dtype,
+    and the candidates resident at once. Not counted: one eval batch (on a GPU,
+    ``fitness.batch_tokens: auto`` sizes it to a quarter of the device's memory) and
+    merge temporaries (one tensor in fp32 at a time).
+    """
+
+    model_bytes: int
+    dtype: torch.dtype
+    inputs: int
+    candidates: int
+    residency: Residency
+    device: torch.device
+    device_free: int | None
+    host_available: int | None
+
+    @property
+    def input_bytes(self) -> int:
+        return self.model_bytes * self.inputs
+
+    @property
+    def candidate_bytes(self) -> int:
+        return self.model_bytes * self.candidates
+
+    def shortfall(self) -> tuple[int, int] | None:
+        """(bytes held on the device, bytes free there) when they cannot fit, else None."""
+        return shortfall(
+            self.residency,
+            device=self.device,
+            input_bytes=self.input_bytes,
+            candidate_bytes=self.candidate_bytes,
+            device_free=self.device_free,
+            host_available=self.host_available,
+        )
+
+    def describe(self) -> str:
+        """One line: the model size, where the inputs live, what the device holds of its room."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        on_cpu = self.device.type == "cpu"
+        room = self.host_available if on_cpu else self.device_free
+        free = "available" if on_cpu else "free"
+        of_room = f" of {size_text(room)} {free}" if room is not None else ""
+        models = f"{self.inputs} inputs and {self.candidates} candidates"
+        if self.residency == "device" or (on_cpu and self.residency == "host"):
+            held = self.input_bytes + self.candidate_bytes
+            return (
+                f"{models} of {size_text(self.model_bytes)} ({dtype}), all on {self.device}: "
+                f"{size_text(held)}{of_room}"
+            )
+        if self.residency == "host":
+            host = (
+                f" of {size_text(self.host_available)} available"
+                if self.host_available is not None
+                else ""
+            )
+            where = f"the inputs in host memory: {size_text(self.input_bytes)}{host}"
+        else:
+            where = "the inputs read from their files"
+        return (
+            f"{models} of {size_text(self.model_bytes)} ({dtype}): {where}; the candidates on "
+            f"{self.device}: {size_text(self.candidate_bytes)}{of_room}"
+        )
+
+
+def size_text(n: int) -> str:
+    """Bytes as a person reads them in one line: 16.1 GB, 397.2 MB, 1.0 MB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def free_memory(device: torch.device) -> tuple[int | None, int | None]:

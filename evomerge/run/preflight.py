@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evomerge.evolution.recipe import Recipe, RecipeError
+from evomerge.evolution.residency import MemoryPlan
 from evomerge.evolution.validate import InputValidationError, ValidatedInputs, validate_inputs
 
 
@@ -68,16 +71,42 @@ def check_output(out: Path, where: str = "output") -> None:
         raise RecipeError(f"{where}: {out} exists and is not a directory")
 
 
-def preflight(recipe: Recipe) -> None:
-    """Everything `recipe run` checks before it writes, without reading any weights.
+def planned_device(recipe: Recipe, gpu_memory: int | None) -> torch.device:
+    """The run's device; with ``gpu_memory`` (planning for a GPU machine from this one), the
+    GPU the recipe names, ``cuda:0`` for ``auto``."""
+    from evomerge.device import resolve_device
+
+    name = recipe.device.device
+    if gpu_memory is None:
+        return resolve_device(name)
+    if name == "auto":
+        return torch.device("cuda", 0)
+    if not name.startswith("cuda"):
+        raise RecipeError(
+            f"{recipe.where(('device', 'device'))}: is {name}; --gpu-memory plans a GPU run"
+        )
+    device = torch.device(name)
+    return torch.device("cuda", device.index or 0)
+
+
+def preflight(
+    recipe: Recipe, *, gpu_memory: int | None = None, host_memory: int | None = None
+) -> MemoryPlan | None:
+    """Everything `recipe run` checks before it writes, without reading any weights; the
+    run's memory plan (None where the inputs are not there yet).
 
     The demo family (``inputs.phase1``) is made by the run, so its models are checked
-    only when they are already there.
+    only when they are already there. ``gpu_memory`` / ``host_memory`` (bytes) plan for
+    a machine with that much free instead of this one (the device check is then skipped).
     """
     from evomerge.architectures import get_architecture
-    from evomerge.run.prepare import check_layer_groups
+    from evomerge.device import storage_dtype
+    from evomerge.evolution.residency import free_memory
+    from evomerge.run.prepare import check_layer_groups, memory_plan
 
-    check_device(recipe)
+    if gpu_memory is None:
+        check_device(recipe)
+    device = planned_device(recipe, gpu_memory)
     check_output(recipe.output, recipe.where(("output",)))
     if recipe.inputs.models is not None:
         paths, base = list(recipe.inputs.models), recipe.inputs.base_model
@@ -90,9 +119,17 @@ def preflight(recipe: Recipe) -> None:
         family = Path(source.out)
         spec = FamilySpec.for_preset(source.preset, seed=source.seed)
         if reusable_family(family, spec) is None:
-            return  # `run` makes (or remakes) it first
+            return None  # `run` makes (or remakes) it first
         paths = [family / f"model_{i}" for i in (1, 2, 3)]
         base = recipe.inputs.base_model or family / "base"
     validated = checked_inputs(recipe, paths, base, scan=False)
-    arch = get_architecture(validated.architecture)
-    check_layer_groups(recipe, arch.config_class.from_pretrained(paths[0]))
+    config = get_architecture(validated.architecture).config_class.from_pretrained(paths[0])
+    check_layer_groups(recipe, config)
+    # measured here, unless planned for another machine (no GPU here to ask, then)
+    gpu_free, host_free = free_memory(device if gpu_memory is None else torch.device("cpu"))
+    free = (
+        gpu_free if gpu_memory is None else gpu_memory,
+        host_free if host_memory is None else host_memory,
+    )
+    dtype = storage_dtype(recipe.device.storage, config)
+    return memory_plan(recipe, validated.param_count, dtype, device, base is not None, free=free)

@@ -22,10 +22,11 @@ from evomerge.evolution.residency import (
     FileTensors,
     HostTensors,
     InputWeights,
+    MemoryPlan,
     Residency,
     choose_residency,
     free_memory,
-    shortfall,
+    size_text,
 )
 from evomerge.run.context import IN_FLIGHT, RESIDENT_LIMIT, RunContext
 
@@ -176,9 +177,9 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
     check_layer_groups(recipe, config)
     device = resolve_device(recipe.device.device)
     dtype = storage_dtype(recipe.device.storage, config)
-    residency = _together(
+    plan = _together(
         ctx,
-        lambda: input_residency(
+        lambda: memory_plan(
             recipe,
             validated.param_count,
             dtype,
@@ -187,6 +188,9 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
             processes=ctx.dist.num_processes,
         ),
     )
+    residency = plan.residency
+    if ctx.is_main:
+        ctx.log(f"memory: {plan.describe()}")
     source = recipe._source[0] if recipe._source else None
     keep = [*paths, base, source, *recipe.fitness.task_dirs]
     if recipe.inputs.phase1 is not None:
@@ -239,7 +243,7 @@ def _together(ctx: RunContext, check: Callable[[], _T]) -> _T:
     return value
 
 
-def input_residency(
+def memory_plan(
     recipe: Recipe,
     params: int,
     dtype: torch.dtype,
@@ -247,11 +251,15 @@ def input_residency(
     has_base: bool,
     *,
     processes: int = 1,
-) -> Residency:
-    """``device.inputs``, resolved: for ``auto``, whether inputs and candidates fit the device.
+    free: tuple[int | None, int | None] | None = None,
+) -> MemoryPlan:
+    """What the run will hold where, with ``device.inputs`` resolved: for ``auto``, whether
+    inputs and candidates fit the device.
 
-    A run whose candidates (and resident inputs) alone exceed the device is refused here,
-    before anything is written, naming what would make it fit.
+    ``free``: (the GPU's free bytes, the host's available bytes), as measured here when
+    None (`recipe validate --gpu-memory/--host-memory` plans for another machine). A run
+    whose candidates (and resident inputs) alone exceed the device is refused, before
+    anything is written, naming what would make it fit.
     """
     from evomerge.search.strategy import find_strategy
 
@@ -260,25 +268,20 @@ def input_residency(
     # the seed loop holds its whole population; genome strategies what is in flight (each
     # process merges a whole part: evomerge/run/search.py) and load the base to search from
     candidates = RESIDENT_LIMIT - 3 if seed_loop else max(IN_FLIGHT, processes)
-    device_free, host_available = free_memory(device)
+    device_free, host_available = free_memory(device) if free is None else free
     inputs = 3 + (has_base and not seed_loop)
-    input_bytes, candidate_bytes = model_bytes * inputs, model_bytes * candidates
     residency = choose_residency(
         recipe.device.inputs,
         device=device,
-        input_bytes=input_bytes,
-        candidate_bytes=candidate_bytes,
+        input_bytes=model_bytes * inputs,
+        candidate_bytes=model_bytes * candidates,
         device_free=device_free,
         host_available=host_available,
     )
-    short = shortfall(
-        residency,
-        device=device,
-        input_bytes=input_bytes,
-        candidate_bytes=candidate_bytes,
-        device_free=device_free,
-        host_available=host_available,
+    plan = MemoryPlan(
+        model_bytes, dtype, inputs, candidates, residency, device, device_free, host_available
     )
+    short = plan.shortfall()
     if short is not None:
         held, room = short
         fixes = []
@@ -291,13 +294,8 @@ def input_residency(
         field = ("evolution", "strategy") if seed_loop else ("device", "storage")
         raise RecipeError(
             f"{recipe.where(field)}: the run holds {candidates} candidates"
-            + (" and the inputs" if held > model_bytes * candidates else "")
-            + f" of {_size(model_bytes)} each on {device}: {_size(held)}, "
-            f"but {_size(room)} is free" + (f" ({'; '.join(fixes)})" if fixes else "")
+            + (" and the inputs" if held > plan.candidate_bytes else "")
+            + f" of {size_text(model_bytes)} each on {device}: {size_text(held)}, "
+            f"but {size_text(room)} is free" + (f" ({'; '.join(fixes)})" if fixes else "")
         )
-    return residency
-
-
-def _size(n: int) -> str:
-    """Bytes as a person reads them in a one-line error: 16.1 GB, 397.2 MB, 1.0 MB."""
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    return plan
