@@ -233,6 +233,9 @@ def main() -> None:
         "eval_batch_tokens": result["device"]["eval_batch_tokens"],
         "eval_batch_logits_bytes": result["device"]["eval_batch_tokens"] * args.vocab * 4,
         "peak_device_bytes": resources["peak_device_bytes"],
+        # the weights `recipe validate` planned on the device; the peak above it is eval
+        # batches and merge temporaries
+        "planned_device_weight_bytes": resources["planned_device_weight_bytes"],
         "checkpoint_bytes_per_generation": resources["checkpoint_bytes_per_generation"],
         "test_improvement": result["test_improvement"],
         "loop_gain_test": result["loop_gain_test"],

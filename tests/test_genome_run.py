@@ -79,6 +79,9 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
     after = resources["peak_host_bytes_after_search"]
     assert 3 * weight_bytes < before <= after <= resources["peak_host_bytes"]
     assert resources["peak_device_bytes"] is None  # CPU: no allocator peak
+    # the plan: the inputs, their base and the 2 candidates in flight, all in host memory
+    assert result["device"]["inputs"] == "device"
+    assert resources["planned_device_weight_bytes"] == pytest.approx(6 * weight_bytes, rel=0.01)
     # the population is genomes: beside the 3 inputs and their base, 2 models at a time
     assert result["resident_models"]["allocated"] <= 3 + 1 + search_module.IN_FLIGHT
     _check_timing(result["timing"], generations=3)

@@ -118,6 +118,15 @@ class MemoryPlan:
     def candidate_bytes(self) -> int:
         return self.model_bytes * self.candidates
 
+    @property
+    def device_bytes(self) -> int:
+        """The weights held on the run's device: the candidates, and the inputs where they
+        are resident (on the CPU, ``host`` is the device's memory too)."""
+        on_device = self.residency == "device" or (
+            self.device.type == "cpu" and self.residency == "host"
+        )
+        return self.candidate_bytes + (self.input_bytes if on_device else 0)
+
     def shortfall(self) -> tuple[int, int] | None:
         """(bytes held on the device, bytes free there) when they cannot fit, else None."""
         return shortfall(
@@ -137,11 +146,10 @@ class MemoryPlan:
         free = "available" if on_cpu else "free"
         of_room = f" of {size_text(room)} {free}" if room is not None else ""
         models = f"{self.inputs} inputs and {self.candidates} candidates"
-        if self.residency == "device" or (on_cpu and self.residency == "host"):
-            held = self.input_bytes + self.candidate_bytes
+        if self.device_bytes > self.candidate_bytes:
             return (
                 f"{models} of {size_text(self.model_bytes)} ({dtype}), all on {self.device}: "
-                f"{size_text(held)}{of_room}"
+                f"{size_text(self.device_bytes)}{of_room}"
             )
         if self.residency == "host":
             host = (

@@ -47,6 +47,7 @@ class PreparedInputs:
     base_path: Path | None = None  # the inputs' common ancestor, when known
     residency: Residency = "device"
     architecture: str = ""
+    plan: MemoryPlan | None = None  # what the run holds where, by the inputs' headers
 
     def load_base(self) -> InputWeights | None:
         """The ancestor's weights, held as the inputs are (genome strategies search against it)."""
@@ -222,6 +223,7 @@ def prepare_inputs(ctx: RunContext) -> PreparedInputs:
         Path(base) if base is not None else None,
         residency,
         validated.architecture,
+        plan,
     )
 
 

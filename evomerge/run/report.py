@@ -28,7 +28,7 @@ from evomerge.evolution.loop import LoopState
 from evomerge.evolution.pool import load_weights_, weights
 from evomerge.evolution.rebuild import replay_node
 from evomerge.evolution.recipe import Recipe
-from evomerge.evolution.residency import InputWeights
+from evomerge.evolution.residency import InputWeights, MemoryPlan
 from evomerge.evolution.tracking import HELD_OUT_LABELS, read_log
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
 from evomerge.merge.combos import COMBO_LABELS
@@ -282,6 +282,7 @@ def build_result(
             loop.checkpoint,
             ctx.peak_host_bytes_before_search,
             ctx.peak_host_bytes_after_search,
+            prep.plan,
         ),
         "timing": timing(ctx.stage_seconds, read_log(ctx.out)),
         "recipe": ctx.recipe.model_dump(mode="json"),
@@ -302,11 +303,13 @@ def resources(
     checkpoint: Any,
     before_search: int | None = None,
     after_search: int | None = None,
+    plan: MemoryPlan | None = None,
 ) -> dict[str, int | None]:
     """What the run cost: this process's peak host RSS (also as it stood before the search
     began: inputs, libraries, harness; and when it ended, before the report), the device
-    allocator's peak, and the most bytes one generation's checkpoint wrote (KBs for genome
-    strategies, weights for ``seed``)."""
+    allocator's peak beside the weights the memory plan put there (the rest is eval
+    batches and merge temporaries), and the most bytes one generation's checkpoint wrote
+    (KBs for genome strategies, weights for ``seed``)."""
     peak_device = None
     if device.type == "cuda":
         from evomerge.fitness.cost import process_peak_memory
@@ -317,6 +320,7 @@ def resources(
         "peak_host_bytes_before_search": before_search,
         "peak_host_bytes_after_search": after_search,
         "peak_device_bytes": peak_device,
+        "planned_device_weight_bytes": plan.device_bytes if plan is not None else None,
         "checkpoint_bytes_per_generation": int(checkpoint.max_save_bytes),
     }
 
