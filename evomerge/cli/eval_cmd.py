@@ -66,7 +66,7 @@ def eval_command(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="FitnessConfig YAML."),
     max_items: Optional[int] = typer.Option(
-        None, "--max-items", min=1, help="First N documents per task."
+        None, "--max-items", help="First N documents per task."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
 ) -> None:
@@ -81,6 +81,8 @@ def eval_command(
 
     if split not in ("fitness", "test"):
         raise _fail(f"--split must be fitness or test, got {split!r}")
+    if max_items is not None and max_items < 1:
+        raise _fail(f"--max-items must be at least 1, got {max_items}")
     problem = device_problem(device) if device is not None else None
     if problem is not None:
         raise _fail(f"--device: {problem}")
