@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_recipe_run import _recipe
+from test_recipe_run import _recipe, check_model_card
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -82,6 +82,8 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
     # the plan: the inputs, their base and the 2 candidates in flight, all in host memory
     assert result["device"]["inputs"] == "device"
     assert resources["planned_device_weight_bytes"] == pytest.approx(6 * weight_bytes, rel=0.01)
+    check_model_card(cmaes_run / "champion", result)
+    assert "strategy `cmaes`" in (cmaes_run / "champion" / "README.md").read_text()
     # the population is genomes: beside the 3 inputs and their base, 2 models at a time
     assert result["resident_models"]["allocated"] <= 3 + 1 + search_module.IN_FLIGHT
     _check_timing(result["timing"], generations=3)

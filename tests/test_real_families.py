@@ -367,6 +367,13 @@ def test_local_finetunes_recipe_weighs_the_users_own_task(
     assert 0.0 <= acc <= 1.0 and acc * 20 == pytest.approx(round(acc * 20))  # 20 test items
     assert report["inputs"]["test_terms"][0]["mcq"] > 0  # the inputs' own, normalised
     assert report["search"]["strategy"] == "cmaes"
+    from test_recipe_run import check_model_card
+
+    check_model_card(tmp_path / "out" / "champion", report)  # the user's term is in its weights
+    assert (
+        "weights accuracy 0.2, mcq 0.4, perplexity 0.4"  # in the order the test wrote them
+        in (tmp_path / "out" / "champion" / "README.md").read_text()
+    )
 
 
 @pytest.mark.slow  # generation 0 + 1 CMA-ES generation of 4, inputs in bf16

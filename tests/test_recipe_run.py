@@ -111,6 +111,32 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     assert not (out / ".checkpoint").exists()  # intermediate models are not left behind
     # the champion really scores what result.json says: fitness >= every input's
     assert result["fitness"] >= max(result["inputs"]["fitness"])
+    check_model_card(out / "champion", result)
+
+
+def check_model_card(champion: Path, result: dict) -> None:
+    """champion/README.md: Hugging Face card metadata, and the held-out table from result.json
+    (the champion beside both baselines and every input), the lineage's merge config."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(champion / "README.md")
+    assert card.data.library_name == "transformers" and "evomerge" in card.data.tags
+    text = card.text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| model | test fitness | vs the inputs' mean |"
+    assert rows[1] == (
+        f"| **this model** | {result['test_fitness']:.4f} | {result['test_improvement']:+.1%} |"
+    )
+    soup = result["baselines_test_fitness"]["uniform_average"]
+    assert rows[2].startswith(f"| uniform average (soup) | {soup:.4f} |")
+    assert rows[3].startswith(
+        f"| best gen-0 combo | {result['baselines_test_fitness']['best_gen0']:.4f} |"
+    )
+    assert len(rows) == 4 + 3  # and the three inputs
+    assert f"{result['loop_gain_test'] * 100:+.1f} percentage points" in text
+    assert ("met." if result["passed"] else "not met.") in text
+    assert f"candidate `{result['champion_lineage'][-1]['id']}`" in text
+    assert result["champion_merge_config"].rstrip() in text
 
 
 @pytest.mark.parametrize("inputs", ["disk", "device"])

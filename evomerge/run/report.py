@@ -33,6 +33,7 @@ from evomerge.evolution.tracking import HELD_OUT_LABELS, read_log
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
 from evomerge.merge.combos import COMBO_LABELS
 from evomerge.run.context import RESIDENT_LIMIT, RunContext
+from evomerge.run.model_card import write_model_card
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference, fitness_config
 
@@ -362,6 +363,7 @@ def write_report(
     test_champion = held.score(champion)
     baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)
     result = build_result(ctx, prep, ref, loop, held, test_champion, baselines, champion_dir)
+    write_model_card(champion_dir, result)
     atomic_write_bytes(ctx.out / "result.json", json.dumps(result, indent=2, default=str).encode())
     return result
 
