@@ -140,7 +140,50 @@ def test_an_8b_run_reads_its_inputs_from_their_files_when_the_host_cannot_hold_t
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == (
         "memory: 4 inputs and 2 candidates of 16.1 GB (bfloat16): the inputs read from their "
-        "files; the candidates on cuda:0: 32.1 GB of 85.9 GB free"
+        "files (host memory of 64.0 GB available); the candidates on cuda:0: 32.1 GB of "
+        "85.9 GB free"
+    )
+
+
+def test_planning_for_another_machine_does_not_read_this_ones_host_memory(
+    llama_8b_family: dict[str, Any], tmp_path: Path
+) -> None:
+    recipe = _shipped_recipe(llama_8b_family, tmp_path)
+    result = _validate(recipe, "--gpu-memory", "80GB")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "memory: 4 inputs and 2 candidates of 16.1 GB (bfloat16): the inputs in host memory: "
+        "64.2 GB (room unknown); the candidates on cuda:0: 32.1 GB of 80.0 GB free"
+    )
+
+
+def test_every_accelerate_process_holds_its_own_models(
+    llama_8b_family: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two processes on two 80 GB GPUs: each holds 2 candidates on its GPU, but two copies
+    of the inputs (128.5 GB) exceed 128 GB of host memory, so `auto` leaves them in their
+    files, and an explicit `host` is refused. Eight processes hold eight candidates each."""
+    recipe = _shipped_recipe(llama_8b_family, tmp_path)
+    machine = ("--gpu-memory", "80GB", "--host-memory", "128GB")
+    result = _validate(recipe, *machine, "--processes", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "memory: 4 inputs and 2 candidates of 16.1 GB (bfloat16) in each of 2 processes: the "
+        "inputs read from their files (host memory of 128.0 GB available); the candidates on "
+        "each process's GPU: 32.1 GB of 80.0 GB free"
+    )
+    host = _shipped_recipe(llama_8b_family, tmp_path, device={"inputs": "host"})
+    result = _validate(host, *machine, "--processes", "2")
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()).endswith(
+        "device.inputs: the inputs and base in each of 2 processes in host memory take "
+        "128.5 GB, but 128.0 GB is available (device.inputs: disk leaves them in their files)"
+    )
+    result = _validate(recipe, *machine, "--processes", "8")
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()).endswith(
+        "device.storage: each of the 8 processes holds 8 candidates of 16.1 GB each on its "
+        "GPU: 128.5 GB, but 80.0 GB is free (fewer processes)"
     )
 
 
@@ -193,7 +236,7 @@ def test_validate_refuses_what_run_refuses_on_this_machine(real_family, tmp_path
     assert refused.exit_code == 2, refused.output
     message = refused.output.strip().replace("\n", " ")
     assert "evolution.strategy: the run holds 9 candidates of" in message
-    assert "but 1.0 MB is free" in message
+    assert "but 1.0 MB is available" in message
     fits = _validate(recipe)
     assert fits.exit_code == 0, fits.output
     assert fits.output.splitlines()[-1].startswith("memory: 3 inputs and 9 candidates of ")
@@ -208,6 +251,12 @@ def test_memory_options_are_checked(llama_8b_family: dict[str, Any], tmp_path: P
     result = _validate(recipe, "--host-memory", "lots")
     assert result.exit_code == 2
     assert "--host-memory: 'lots' is not a memory size (e.g. 80GB, 80GiB, 512MB)" in result.output
+    result = _validate(recipe, "--schema-only", "--gpu-memory", "80GB")
+    assert result.exit_code == 2
+    assert "--gpu-memory plans the run's memory; --schema-only skips that" in result.output
+    result = _validate(recipe, "--processes", "0")
+    assert result.exit_code == 2
+    assert "--processes must be at least 1, got 0" in result.output
 
 
 @pytest.mark.parametrize(
@@ -225,7 +274,7 @@ def test_memory_sizes_read_as_people_write_them(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["80G", "0GB", "-1GB", "GB", ""])
+@pytest.mark.parametrize("text", ["80G", "0GB", "-1GB", "GB", "", "0.5"])
 def test_memory_sizes_that_are_not_sizes_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a memory size"):
         parse_size(text)

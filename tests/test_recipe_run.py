@@ -112,6 +112,12 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     # the champion really scores what result.json says: fitness >= every input's
     assert result["fitness"] >= max(result["inputs"]["fitness"])
     check_model_card(out / "champion", result)
+    card = (out / "champion" / "README.md").read_text()
+    assert "plugin that registers the `trm_titans_mag` architecture" in card
+    from evomerge.run.model_card import model_card
+
+    result["recipe"]["fitness"]["report_max_items"] = None  # recipes/phase2-evomerge.yaml's
+    assert "never used for selection; every item of each task)" in model_card(result)
 
 
 def check_model_card(champion: Path, result: dict) -> None:
@@ -134,7 +140,12 @@ def check_model_card(champion: Path, result: dict) -> None:
     )
     assert len(rows) == 4 + 3  # and the three inputs
     assert f"{result['loop_gain_test'] * 100:+.1f} percentage points" in text
-    assert ("met." if result["passed"] else "not met.") in text
+    assert f"on this split: {'met' if result['passed'] else 'not met'}." in text
+    for i, path in enumerate(result["inputs"]["models"]):
+        total = result["inputs"]["test_fitness"][i]
+        assert rows[4 + i].startswith(f"| input {i + 1} (`{Path(path).name}`) | {total:.4f} |")
+    weights = result["recipe"]["fitness"]["weights"]
+    assert f"so the inputs average {sum(weights.values()):g}:" in text
     assert f"candidate `{result['champion_lineage'][-1]['id']}`" in text
     assert result["champion_merge_config"].rstrip() in text
 

@@ -70,10 +70,11 @@ def test_unknown_residency_is_refused() -> None:
     ("residency", "device", "free", "host", "expected"),
     [
         ("disk", CUDA, 80 * GB, 500 * GB, None),  # 2 candidates of 2 GB fit 80 GB
-        ("disk", CUDA, 3 * GB, 500 * GB, (4 * GB, 3 * GB)),  # they do not fit 3 GB
-        ("device", CUDA, 11 * GB, 500 * GB, (12 * GB, 11 * GB)),  # + 8 GB of inputs
-        ("host", CUDA, 11 * GB, 1 * GB, None),  # a GPU's `host` inputs are not on it
-        ("host", CPU, None, 11 * GB, (12 * GB, 11 * GB)),  # a CPU's are
+        ("disk", CUDA, 3 * GB, 500 * GB, ("device", 4 * GB, 3 * GB)),  # they do not fit 3 GB
+        ("device", CUDA, 11 * GB, 500 * GB, ("device", 12 * GB, 11 * GB)),  # + 8 GB of inputs
+        ("host", CUDA, 11 * GB, 9 * GB, None),  # a GPU's `host` inputs are not on it ...
+        ("host", CUDA, 11 * GB, 7 * GB, ("host", 8 * GB, 7 * GB)),  # ... but in host memory
+        ("host", CPU, None, 11 * GB, ("device", 12 * GB, 11 * GB)),  # a CPU's are on it
         ("disk", CPU, None, 5 * GB, None),
         ("device", CUDA, None, None, None),  # unknown: not refused
     ],
@@ -83,7 +84,7 @@ def test_a_run_whose_weights_exceed_the_device_is_refused(
     device: torch.device,
     free: int | None,
     host: int | None,
-    expected: tuple[int, int] | None,
+    expected: tuple[str, int, int] | None,
 ) -> None:
     got = shortfall(
         residency,  # type: ignore[arg-type]
@@ -94,6 +95,22 @@ def test_a_run_whose_weights_exceed_the_device_is_refused(
         host_available=host,
     )
     assert got == expected
+
+
+def test_each_process_holds_its_own_inputs_and_candidates() -> None:
+    """`accelerate launch`: on the CPU every process's models share one host memory; on GPUs
+    each process has its own device, but its `host` inputs are another copy in host memory."""
+    sizes = {"input_bytes": 8 * GB, "candidate_bytes": 4 * GB}
+    cpu = {"device": CPU, "device_free": None, "host_available": 20 * GB, **sizes}
+    assert shortfall("device", **cpu) is None  # type: ignore[arg-type]
+    assert shortfall("device", **cpu, processes=2) == ("device", 24 * GB, 20 * GB)  # type: ignore[arg-type]
+    assert choose_residency("auto", **cpu) == "device"  # 12 GB x 1.25 fits 20 GB
+    assert choose_residency("auto", **cpu, processes=2) == "disk"  # 24 GB x 1.25 does not
+    gpu = {"device": CUDA, "device_free": 5 * GB, "host_available": 12 * GB, **sizes}
+    assert shortfall("host", **gpu) is None  # type: ignore[arg-type]
+    assert shortfall("host", **gpu, processes=2) == ("host", 16 * GB, 12 * GB)  # type: ignore[arg-type]
+    assert choose_residency("auto", **gpu) == "host"
+    assert choose_residency("auto", **gpu, processes=2) == "disk"
 
 
 def test_recipe_run_refuses_a_seed_loop_that_cannot_fit(
@@ -110,7 +127,7 @@ def test_recipe_run_refuses_a_seed_loop_that_cannot_fit(
     assert result.exit_code == 2, result.output
     message = result.output.strip().splitlines()[-1]
     assert "evolution.strategy: the run holds 9 candidates of" in message
-    assert "but 1.0 MB is free" in message
+    assert "but 1.0 MB is available" in message
     assert "a genome strategy (evolution.strategy: cmaes) holds 2" in message
     assert "device.storage: bf16" in message
     assert not (tmp_path / "out").exists()

@@ -46,9 +46,10 @@ def parse_size(text: str) -> int:
     """Bytes in ``text``. By hand, not accelerate's ``convert_file_size_to_int``: that one
     reads a lower-case ``80gb`` as gigabits (10 GB), a trap in a memory option."""
     match = _SIZE.fullmatch(text)
-    if match is None or float(match[1]) <= 0:
+    size = int(float(match[1]) * _UNITS[match[2].lower()]) if match else 0
+    if size <= 0:
         raise ValueError(f"{text!r} is not a memory size (e.g. 80GB, 80GiB, 512MB)")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
+    return size
 
 
 @app.command("validate")
@@ -73,6 +74,13 @@ def validate_cmd(
         help="Plan the run for this much available host memory (e.g. 128GB) instead of this "
         "machine's.",
     ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        metavar="N",
+        help="Plan for `accelerate launch --num_processes N` (each process holds its own "
+        "inputs and candidates).",
+    ),
 ) -> None:
     """Check a recipe without running anything: its schema, every merge method (combos
     and stages), method parameter, fitness term, domain and task it names, the device,
@@ -92,10 +100,17 @@ def validate_cmd(
                 sizes[option] = None if given is None else parse_size(given)
             except ValueError as exc:
                 raise RecipeError(f"{option}: {exc}") from None
+            if given is not None and schema_only:
+                raise RecipeError(f"{option} plans the run's memory; --schema-only skips that")
+        if processes < 1:
+            raise RecipeError(f"--processes must be at least 1, got {processes}")
         recipe = _load(recipe_path, None, None)
         if not schema_only:
             plan = preflight(
-                recipe, gpu_memory=sizes["--gpu-memory"], host_memory=sizes["--host-memory"]
+                recipe,
+                gpu_memory=sizes["--gpu-memory"],
+                host_memory=sizes["--host-memory"],
+                processes=processes,
             )
     except RecipeError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)

@@ -382,7 +382,8 @@ def _is_merge_config(text: str) -> bool:
         first = next(yaml.safe_load_all(text), None)
     except yaml.YAMLError:
         return False
-    return isinstance(first, dict) and "merge_method" in first
+    recipe_sections = {"inputs", "evolution", "fitness", "combos", "stages", "output"}
+    return isinstance(first, dict) and "merge_method" in first and not recipe_sections & set(first)
 
 
 def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:

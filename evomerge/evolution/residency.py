@@ -47,12 +47,15 @@ def choose_residency(
     candidate_bytes: int,
     device_free: int | None,
     host_available: int | None,
+    processes: int = 1,
 ) -> Residency:
     """``requested``, or for ``auto`` the first of device / host / disk that holds the inputs.
 
     ``input_bytes``: every input and the base in the storage dtype;
-    ``candidate_bytes``: the candidates resident at once. A free figure of None
-    is unknown and taken to fit.
+    ``candidate_bytes``: the candidates one process holds at once. Each of
+    ``processes`` holds its own inputs and candidates: on one GPU each (the free
+    figure is per GPU), all in the one host memory. A free figure of None is
+    unknown and taken to fit.
     """
     if requested != "auto":
         if requested not in RESIDENCIES:
@@ -60,9 +63,10 @@ def choose_residency(
         return requested  # type: ignore[return-value]
     if device.type == "cpu":  # host memory is the device's: resident, or left in the files
         device_free, host_available = host_available, 0
+        input_bytes, candidate_bytes = input_bytes * processes, candidate_bytes * processes
     if device_free is None or (input_bytes + candidate_bytes) * HEADROOM <= device_free:
         return "device"
-    if host_available is None or input_bytes * HEADROOM <= host_available:
+    if host_available is None or input_bytes * processes * HEADROOM <= host_available:
         return "host"
     return "disk"
 
@@ -75,19 +79,32 @@ def shortfall(
     candidate_bytes: int,
     device_free: int | None,
     host_available: int | None,
-) -> tuple[int, int] | None:
-    """(bytes the run holds on ``device``, bytes free there) when they cannot fit, else None.
+    processes: int = 1,
+) -> tuple[Literal["device", "host"], int, int] | None:
+    """(where, bytes the run holds there, bytes free there) when they cannot fit, else None.
 
-    It holds the candidates, and the inputs where they are resident (``device``, and on
-    the CPU ``host`` too). No headroom is added: this refuses only runs whose weights
-    alone exceed the device, which would otherwise fail hours in, at an allocation.
+    The device holds each process's candidates, and its inputs where they are resident
+    (``device``, and on the CPU ``host`` too; on the CPU every process's, in one memory);
+    on a GPU, ``host`` inputs take each process's copy of host memory. No headroom is
+    added: this refuses only runs whose weights alone exceed the memory, which would
+    otherwise fail hours in, at an allocation.
     """
-    room = {"cuda": device_free, "cpu": host_available}.get(device.type)
-    if room is None:  # unknown, or an accelerator whose free memory is not read
+    if device.type == "cpu":
+        held = (candidate_bytes + (input_bytes if residency != "disk" else 0)) * processes
+        return (
+            ("device", held, host_available)
+            if host_available is not None and held > host_available
+            else None
+        )
+    if device.type != "cuda":  # an accelerator whose free memory is not read
         return None
-    inputs_here = residency == "device" or (device.type == "cpu" and residency == "host")
-    held = candidate_bytes + (input_bytes if inputs_here else 0)
-    return (held, room) if held > room else None
+    held = candidate_bytes + (input_bytes if residency == "device" else 0)
+    if device_free is not None and held > device_free:
+        return ("device", held, device_free)
+    on_host = input_bytes * processes
+    if residency == "host" and host_available is not None and on_host > host_available:
+        return ("host", on_host, host_available)
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,9 +113,9 @@ class MemoryPlan:
     `recipe run` refuses by, from the inputs' safetensors headers alone.
 
     Counted: the input models (and the base where it is loaded) in the storage dtype,
-    and the candidates resident at once. Not counted: one eval batch (on a GPU,
-    ``fitness.batch_tokens: auto`` sizes it to a quarter of the device's memory) and
-    merge temporaries (one tensor in fp32 at a time).
+    and the candidates resident at once, in each process. Not counted: one eval batch
+    (on a GPU, ``fitness.batch_tokens: auto`` sizes it to a quarter of the device's
+    memory) and merge temporaries (one tensor in fp32 at a time).
     """
 
     model_bytes: int
@@ -109,6 +126,7 @@ class MemoryPlan:
     device: torch.device
     device_free: int | None
     host_available: int | None
+    processes: int = 1
 
     @property
     def input_bytes(self) -> int:
@@ -119,16 +137,20 @@ class MemoryPlan:
         return self.model_bytes * self.candidates
 
     @property
-    def device_bytes(self) -> int:
-        """The weights held on the run's device: the candidates, and the inputs where they
-        are resident (on the CPU, ``host`` is the device's memory too)."""
-        on_device = self.residency == "device" or (
+    def inputs_on_device(self) -> bool:
+        """Whether the inputs sit in the device's memory (on the CPU, ``host`` is that too)."""
+        return self.residency == "device" or (
             self.device.type == "cpu" and self.residency == "host"
         )
-        return self.candidate_bytes + (self.input_bytes if on_device else 0)
 
-    def shortfall(self) -> tuple[int, int] | None:
-        """(bytes held on the device, bytes free there) when they cannot fit, else None."""
+    @property
+    def device_bytes(self) -> int:
+        """The weights one process holds on its device: its candidates, and its inputs
+        where they are resident."""
+        return self.candidate_bytes + (self.input_bytes if self.inputs_on_device else 0)
+
+    def shortfall(self) -> tuple[Literal["device", "host"], int, int] | None:
+        """(where, bytes held there, bytes free there) when they cannot fit, else None."""
         return shortfall(
             self.residency,
             device=self.device,
@@ -136,34 +158,45 @@ class MemoryPlan:
             candidate_bytes=self.candidate_bytes,
             device_free=self.device_free,
             host_available=self.host_available,
+            processes=self.processes,
         )
 
     def describe(self) -> str:
-        """One line: the model size, where the inputs live, what the device holds of its room."""
+        """One line: the model size, where the inputs live, what each memory holds of its room."""
         dtype = str(self.dtype).removeprefix("torch.")
         on_cpu = self.device.type == "cpu"
-        room = self.host_available if on_cpu else self.device_free
-        free = "available" if on_cpu else "free"
-        of_room = f" of {size_text(room)} {free}" if room is not None else ""
-        models = f"{self.inputs} inputs and {self.candidates} candidates"
-        if self.device_bytes > self.candidate_bytes:
-            return (
-                f"{models} of {size_text(self.model_bytes)} ({dtype}), all on {self.device}: "
-                f"{size_text(self.device_bytes)}{of_room}"
-            )
+        many = self.processes > 1
+        models = f"{self.inputs} inputs and {self.candidates} candidates of " + (
+            f"{size_text(self.model_bytes)} ({dtype})"
+        )
+        if many:
+            models += f" in each of {self.processes} processes"
+        # on the CPU every process's share is in one memory; on GPUs each has its own
+        device_total = self.device_bytes * (self.processes if on_cpu else 1)
+        device = "each process's GPU" if many and not on_cpu else str(self.device)
+        device_room = _room(self.host_available if on_cpu else self.device_free, on_cpu)
+        host_room = _room(self.host_available, True)
+        if self.inputs_on_device:
+            return f"{models}, all on {device}: {size_text(device_total)}{device_room}"
         if self.residency == "host":
-            host = (
-                f" of {size_text(self.host_available)} available"
-                if self.host_available is not None
+            host = self.input_bytes * self.processes
+            where = f"the inputs in host memory: {size_text(host)}{host_room}"
+        else:
+            where = "the inputs read from their files" + (
+                f" (host memory{host_room})"
+                if self.host_available is not None and not on_cpu
                 else ""
             )
-            where = f"the inputs in host memory: {size_text(self.input_bytes)}{host}"
-        else:
-            where = "the inputs read from their files"
         return (
-            f"{models} of {size_text(self.model_bytes)} ({dtype}): {where}; the candidates on "
-            f"{self.device}: {size_text(self.candidate_bytes)}{of_room}"
+            f"{models}: {where}; the candidates on {device}: {size_text(device_total)}{device_room}"
         )
+
+
+def _room(available: int | None, host: bool) -> str:
+    """`` of 80.0 GB free`` (a device), `` of 128.0 GB available`` (host memory), or unknown."""
+    if available is None:
+        return " (room unknown)"
+    return f" of {size_text(available)} {'available' if host else 'free'}"
 
 
 def size_text(n: int) -> str:

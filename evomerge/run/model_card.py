@@ -18,8 +18,9 @@ from evomerge.evolution.tracking import HELD_OUT_LABELS
 CARD_FILE = "README.md"
 
 
-def model_card(result: dict[str, Any]) -> str:
-    """The card's text: metadata, the held-out table, inputs, search, merge config, rebuild."""
+def model_card(result: dict[str, Any], model_type: str | None = None) -> str:
+    """The card's text: metadata, how to load it (``model_type``: the champion's config's),
+    the held-out table, inputs, search, merge config, rebuild."""
     from huggingface_hub import ModelCard, ModelCardData
 
     recipe = result["recipe"]
@@ -35,6 +36,7 @@ def model_card(result: dict[str, Any]) -> str:
         "holds every figure below and the champion's whole lineage; `evomerge lineage "
         "rebuild result.json --out DIR` rebuilds its weights from the inputs (bit for bit on "
         "the device and dtype it was made with).",
+        _loading(model_type),
         _held_out(result, champion_id),
         _inputs(result),
         _search(result),
@@ -50,14 +52,34 @@ def model_card(result: dict[str, Any]) -> str:
 
 def write_model_card(champion_dir: Path, result: dict[str, Any]) -> Path:
     """``champion_dir/README.md``, written whole or not at all."""
+    import json
+
+    config = json.loads((champion_dir / "config.json").read_text())
     path = champion_dir / CARD_FILE
-    atomic_write_bytes(path, model_card(result).encode())
+    atomic_write_bytes(path, model_card(result, config.get("model_type")).encode())
     return path
+
+
+def _loading(model_type: str | None) -> str:
+    """How to load it: transformers alone, or after the plugin that registers its family."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    load = "`AutoModelForCausalLM.from_pretrained(DIR)`"
+    if model_type is None or model_type in CONFIG_MAPPING_NAMES:
+        return f"Loads with {load}, with the inputs' tokenizer and generation config."
+    return (
+        f"Loads with {load} once the evomerge plugin that registers the `{model_type}` "
+        "architecture is imported (`import evomerge` loads the installed plugins), with the "
+        "inputs' tokenizer and generation config."
+    )
 
 
 def _held_out(result: dict[str, Any], champion_id: str) -> str:
     fitness = result["recipe"]["fitness"]
     weights = ", ".join(f"{term} {w:g}" for term, w in fitness["weights"].items())
+    total_weight = sum(fitness["weights"].values())
+    most = fitness.get("report_max_items")
+    items = "every item of each task" if most is None else f"up to {most} items per task"
     rows = [
         ("**this model**", result["test_fitness"], result["test_improvement"]),
         *(
@@ -68,17 +90,17 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
     inputs = result["inputs"]
     scores: list[float] = inputs.get("test_fitness") or []
     mean = sum(scores) / max(len(scores), 1)
-    for path, total in zip(inputs.get("models") or [], scores, strict=False):
-        rows.append((f"input `{Path(path).name}`", total, (total - mean) / abs(mean)))
+    for i, (path, total) in enumerate(zip(inputs.get("models") or [], scores, strict=False)):
+        rows.append((f"input {i + 1} (`{Path(path).name}`)", total, (total - mean) / abs(mean)))
     table = "\n".join(f"| {label} | {total:.4f} | {gain:+.1%} |" for label, total, gain in rows)
     target = result.get("min_improvement")
     verdict = "met" if result.get("passed") else "not met"
     return (
         "## Held-out results\n\n"
-        f"Composite fitness on the held-out test split (never used for selection; up to "
-        f"{fitness.get('report_max_items')} items per task), weights {weights}"
+        f"Composite fitness on the held-out test split (never used for selection; {items}), "
+        f"weights {weights}"
         + (
-            ", each term normalised by the inputs, so the inputs' mean scores 1.0"
+            f", each term divided by the inputs' mean, so the inputs average {total_weight:g}"
             if fitness.get("normalize") == "inputs"
             else f", normalisation `{fitness.get('normalize')}`"
         )
@@ -87,7 +109,7 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
         f"{table}\n\n"
         f"What the search added over the better baseline: "
         f"{result['loop_gain_test'] * 100:+.1f} percentage points. "
-        f"The recipe's target, {target:+.0%} over the inputs' mean and above every input on "
+        f"The recipe's target, {target:+.1%} over the inputs' mean and above every input on "
         f"this split: {verdict}." + _raw_terms(result)
     )
 

@@ -90,14 +90,20 @@ def planned_device(recipe: Recipe, gpu_memory: int | None) -> torch.device:
 
 
 def preflight(
-    recipe: Recipe, *, gpu_memory: int | None = None, host_memory: int | None = None
+    recipe: Recipe,
+    *,
+    gpu_memory: int | None = None,
+    host_memory: int | None = None,
+    processes: int = 1,
 ) -> MemoryPlan | None:
     """Everything `recipe run` checks before it writes, without reading any weights; the
     run's memory plan (None where the inputs are not there yet).
 
     The demo family (``inputs.phase1``) is made by the run, so its models are checked
     only when they are already there. ``gpu_memory`` / ``host_memory`` (bytes) plan for
-    a machine with that much free instead of this one (the device check is then skipped).
+    a machine with that much free instead of this one (the device check is then skipped;
+    with ``gpu_memory`` alone, that machine's host memory is unknown, not this one's).
+    ``processes``: as `accelerate launch --num_processes` will run it.
     """
     from evomerge.architectures import get_architecture
     from evomerge.device import storage_dtype
@@ -125,11 +131,18 @@ def preflight(
     validated = checked_inputs(recipe, paths, base, scan=False)
     config = get_architecture(validated.architecture).config_class.from_pretrained(paths[0])
     check_layer_groups(recipe, config)
-    # measured here, unless planned for another machine (no GPU here to ask, then)
-    gpu_free, host_free = free_memory(device if gpu_memory is None else torch.device("cpu"))
-    free = (
-        gpu_free if gpu_memory is None else gpu_memory,
-        host_free if host_memory is None else host_memory,
-    )
+    if gpu_memory is None:  # this machine, as measured here (or its host memory as given)
+        measured = free_memory(device)
+        free = (measured[0], measured[1] if host_memory is None else host_memory)
+    else:  # another machine: what was given of it, and nothing of this one
+        free = (gpu_memory, host_memory)
     dtype = storage_dtype(recipe.device.storage, config)
-    return memory_plan(recipe, validated.param_count, dtype, device, base is not None, free=free)
+    return memory_plan(
+        recipe,
+        validated.param_count,
+        dtype,
+        device,
+        base is not None,
+        processes=processes,
+        free=free,
+    )

@@ -259,9 +259,11 @@ def memory_plan(
     inputs and candidates fit the device.
 
     ``free``: (the GPU's free bytes, the host's available bytes), as measured here when
-    None (`recipe validate --gpu-memory/--host-memory` plans for another machine). A run
-    whose candidates (and resident inputs) alone exceed the device is refused, before
-    anything is written, naming what would make it fit.
+    None (`recipe validate --gpu-memory/--host-memory` plans for another machine);
+    ``processes``: how many `accelerate launch` runs, each holding its own inputs and
+    candidates. A run whose candidates (and resident inputs) alone exceed the device, or
+    whose ``host`` inputs exceed host memory, is refused before anything is written,
+    naming what would make it fit.
     """
     from evomerge.search.strategy import find_strategy
 
@@ -279,25 +281,50 @@ def memory_plan(
         candidate_bytes=model_bytes * candidates,
         device_free=device_free,
         host_available=host_available,
+        processes=processes,
     )
     plan = MemoryPlan(
-        model_bytes, dtype, inputs, candidates, residency, device, device_free, host_available
+        model_bytes,
+        dtype,
+        inputs,
+        candidates,
+        residency,
+        device,
+        device_free,
+        host_available,
+        processes,
     )
     short = plan.shortfall()
-    if short is not None:
-        held, room = short
-        fixes = []
-        if seed_loop:
-            fixes.append(f"a genome strategy (evolution.strategy: cmaes) holds {IN_FLIGHT}")
-        if dtype.itemsize > 2:
-            fixes.append("device.storage: bf16 halves every model")
-        if residency == "device" or (device.type == "cpu" and residency == "host"):
-            fixes.append("device.inputs: disk leaves the inputs in their files")
-        field = ("evolution", "strategy") if seed_loop else ("device", "storage")
+    if short is None:
+        return plan
+    where, held, room = short
+    room_word = "available" if where == "host" or device.type == "cpu" else "free"
+    each = f" in each of {processes} processes" if processes > 1 else ""
+    if where == "host":  # a GPU run's `host` inputs: every process holds its copy
         raise RecipeError(
-            f"{recipe.where(field)}: the run holds {candidates} candidates"
-            + (" and the inputs" if held > plan.candidate_bytes else "")
-            + f" of {size_text(model_bytes)} each on {device}: {size_text(held)}, "
-            f"but {size_text(room)} is free" + (f" ({'; '.join(fixes)})" if fixes else "")
+            f"{recipe.where(('device', 'inputs'))}: the inputs and base{each} in host memory "
+            f"take {size_text(held)}, but {size_text(room)} is {room_word} "
+            "(device.inputs: disk leaves them in their files)"
         )
-    return plan
+    fixes = []
+    if seed_loop:
+        fixes.append(f"a genome strategy (evolution.strategy: cmaes) holds {IN_FLIGHT}")
+    if dtype.itemsize > 2:
+        fixes.append("device.storage: bf16 halves every model")
+    if plan.inputs_on_device:
+        fixes.append("device.inputs: disk leaves the inputs in their files")
+    if processes > 1:
+        fixes.append("fewer processes")
+    field = ("evolution", "strategy") if seed_loop else ("device", "storage")
+    models = f"{candidates} candidates" + (" and the inputs" if plan.inputs_on_device else "")
+    models += f" of {size_text(model_bytes)} each"
+    if processes == 1:
+        holds = f"the run holds {models} on {device}"
+    elif device.type == "cpu":  # one memory for all
+        holds = f"the {processes} processes hold {models}, per process, on {device}"
+    else:
+        holds = f"each of the {processes} processes holds {models} on its GPU"
+    raise RecipeError(
+        f"{recipe.where(field)}: {holds}: {size_text(held)}, but {size_text(room)} is "
+        f"{room_word}" + (f" ({'; '.join(fixes)})" if fixes else "")
+    )

@@ -363,8 +363,11 @@ def write_report(
     test_champion = held.score(champion)
     baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)
     result = build_result(ctx, prep, ref, loop, held, test_champion, baselines, champion_dir)
-    write_model_card(champion_dir, result)
     atomic_write_bytes(ctx.out / "result.json", json.dumps(result, indent=2, default=str).encode())
+    try:  # after result.json: a card that cannot be written must not cost the run's result
+        write_model_card(champion_dir, result)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, none is fatal
+        ctx.log(f"warning: champion/README.md not written: {exc}")
     return result
 
 
