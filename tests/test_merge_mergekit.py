@@ -139,6 +139,12 @@ def test_combos_cli_show_and_export(
     )
     assert done.exit_code == 0, done.output
     assert (out_dir / "tokenizer.json").is_file() and (out_dir / "merge_config.yaml").is_file()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out_dir / "README.md")  # as mergekit writes one for each merge
+    assert "merge" in card.data.tags and card.data.library_name == "transformers"
+    assert "from combo `010`" in card.text and f"- `{paths[2]}`" in card.text
+    assert (out_dir / "merge_config.yaml").read_text().rstrip() in card.text
     saved = _load(out_dir)
     # Replaying the saved (resolved) config in memory gives the saved weights.
     replay: dict[str, torch.Tensor] = {}

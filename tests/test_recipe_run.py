@@ -163,6 +163,28 @@ def test_lineage_rebuilds_the_champion_bit_identically(
     assert comparison["bit_identical"], comparison
 
 
+def test_lineage_rebuild_out_saves_the_champion_with_its_card(
+    finished_run: tuple[Path, int], tmp_path: Path
+) -> None:
+    """The rebuilt dir is the champion again: same weights, and its card pointing at the
+    result.json it was rebuilt from."""
+    from safetensors.torch import load_file
+
+    out, _ = finished_run
+    rebuilt = tmp_path / "rebuilt"
+    result = CliRunner().invoke(
+        app, ["lineage", "rebuild", str(out / "result.json"), "--out", str(rebuilt)]
+    )
+    assert result.exit_code == 0, result.output
+    wa = load_file(str(out / "champion" / "model.safetensors"))
+    wb = load_file(str(rebuilt / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    report = json.loads((out / "result.json").read_text())
+    check_model_card(rebuilt, report)
+    card = (rebuilt / "README.md").read_text()
+    assert f"Rebuilt from `{(out / 'result.json').resolve()}`, which holds every figure" in card
+
+
 def test_lineage_rebuild_refuses_an_unknown_inputs_mode(finished_run: tuple[Path, int]) -> None:
     out, _ = finished_run
     result = CliRunner().invoke(

@@ -197,9 +197,12 @@ def _execute(
         config, inputs, out=model.state_dict(), scratch_model=model, label=label
     )
     from evomerge.output_dir import staged_dir
+    from evomerge.run.model_card import merge_card
 
     with staged_dir(out) as staging:  # replaces --out only once the whole model is saved
         save_merged(model, str(staging), tokenizer_from=names[0], config_yaml=result.config_yaml)
+        card = merge_card(staging, out.name, names, base, result.config_yaml, label)
+        (staging / "README.md").write_text(card, encoding="utf-8")
     for log in result.stage_logs:
         note = f"  FALLBACK to linear: {log.fallback}" if log.fallback else ""
         typer.echo(f"stage {log.stage} {log.method:<13} {log.seconds:7.3f} s{note}")

@@ -45,6 +45,7 @@ def rebuild_cmd(
         save_rebuilt,
     )
     from evomerge.output_dir import replace_refusal, staged_dir
+    from evomerge.run.model_card import write_model_card
 
     console = Console()
     err = Console(stderr=True)
@@ -77,6 +78,11 @@ def rebuild_cmd(
         models = json.loads(result_json.read_text())["inputs"]["models"]
         with staged_dir(out) as staging:  # replaces --out only once the model is saved
             save_rebuilt(model, staging, Path(models[0]))
+            write_model_card(
+                staging,
+                json.loads(result_json.read_text()),
+                result_ref=f"Rebuilt from `{result_json.resolve()}`, which",
+            )
         console.print(f"saved rebuilt champion to {out}")
     if comparison.get("saved", "") is None:
         console.print(

@@ -1,7 +1,8 @@
-"""The champion's model card (``champion/README.md``), written from result.json's figures.
+"""Model cards (``README.md``) for what evomerge saves: the champion, from result.json's
+figures, and a single merge (`combos export|run`), from its config.
 
 The Hugging Face convention (mergekit writes one for every merge): whoever loads
-or uploads the champion finds how it was made beside the weights. Its held-out
+or uploads the model finds how it was made beside the weights. Its held-out
 table puts the champion next to the two models a user gets without the search
 (the uniform average of the inputs and the best generation-0 combo) and the
 inputs themselves, so the card never claims more than the run found.
@@ -18,21 +19,27 @@ from evomerge.evolution.tracking import HELD_OUT_LABELS
 CARD_FILE = "README.md"
 
 
-def model_card(result: dict[str, Any], model_type: str | None = None) -> str:
-    """The card's text: metadata, how to load it (``model_type``: the champion's config's),
-    the held-out table, inputs, search, merge config, rebuild."""
-    from huggingface_hub import ModelCard, ModelCardData
+#: Where the run's result.json is, as the champion's own card says it.
+BESIDE = "The run's `result.json`, in this directory's parent,"
+
+
+def model_card(
+    result: dict[str, Any], model_type: str | None = None, result_ref: str = BESIDE
+) -> str:
+    """The champion card's text: metadata, how to load it (``model_type``: the champion's config's),
+    the held-out table, inputs, search, merge config, rebuild. ``result_ref`` names the
+    result.json (a rebuilt champion's card points at the file it was rebuilt from)."""
+    from huggingface_hub import ModelCard
 
     recipe = result["recipe"]
     name = recipe.get("name") or "evomerge"
     lineage = result.get("champion_lineage") or [{}]
     champion_id = lineage[-1].get("id", "champion")
-    metadata = ModelCardData(library_name="transformers", tags=["merge", "evomerge", "mergekit"])
     sections = [
-        f"---\n{metadata.to_yaml()}\n---",
+        _metadata(),
         f"# {name}: evolved merge",
         f"A merge of three models found by evolutionary search with evomerge "
-        f"(candidate `{champion_id}`). The run's `result.json`, in this directory's parent, "
+        f"(candidate `{champion_id}`). {result_ref} "
         "holds every figure below and the champion's whole lineage; `evomerge lineage "
         "rebuild result.json --out DIR` rebuilds its weights from the inputs (bit for bit on "
         "the device and dtype it was made with).",
@@ -50,14 +57,55 @@ def model_card(result: dict[str, Any], model_type: str | None = None) -> str:
     return str(ModelCard("\n\n".join(sections) + "\n"))
 
 
-def write_model_card(champion_dir: Path, result: dict[str, Any]) -> Path:
+def write_model_card(champion_dir: Path, result: dict[str, Any], result_ref: str = BESIDE) -> Path:
     """``champion_dir/README.md``, written whole or not at all."""
+    path = champion_dir / CARD_FILE
+    text = model_card(result, _model_type(champion_dir), result_ref)
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def merge_card(
+    model_dir: Path,
+    name: str,
+    models: list[str],
+    base: str | None,
+    config_yaml: str,
+    label: str | None,
+) -> str:
+    """The card of one merge (`combos export|run`) saved in ``model_dir``, as mergekit writes
+    one for each of its merges: what went in, the config that made it, how to load it."""
+    from huggingface_hub import ModelCard
+
+    how = f"combo `{label}`" if label else "a merge config"
+    lines = [f"- `{m}`" for m in models]
+    if base:
+        lines.append(f"- base: `{base}`")
+    sections = [
+        _metadata(),
+        f"# {name}",
+        f"A merge made with evomerge from {how}: the generated mergekit YAML below "
+        "(`merge_config.yaml` here), run in memory. `evomerge combos run merge_config.yaml "
+        "--out DIR --engine mergekit` runs the same config through mergekit itself.",
+        _loading(_model_type(model_dir)),
+        "## Models merged\n\n" + "\n".join(lines),
+        f"## Merge configuration\n\n```yaml\n{config_yaml.rstrip()}\n```",
+    ]
+    return str(ModelCard("\n\n".join(sections) + "\n"))
+
+
+def _metadata() -> str:
+    """The card's YAML front matter, written by huggingface_hub as the Hub reads it."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="transformers", tags=["merge", "evomerge", "mergekit"])
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def _model_type(model_dir: Path) -> str | None:
     import json
 
-    config = json.loads((champion_dir / "config.json").read_text())
-    path = champion_dir / CARD_FILE
-    atomic_write_bytes(path, model_card(result, config.get("model_type")).encode())
-    return path
+    return json.loads((model_dir / "config.json").read_text()).get("model_type")
 
 
 def _loading(model_type: str | None) -> str:
