@@ -177,6 +177,38 @@ def test_missing_dir_and_weights(dirs: list[Path], tmp_path: Path) -> None:
         _validate(dirs)
 
 
+@pytest.mark.parametrize(
+    ("files", "hint"),
+    [
+        ({"adapter_config.json": "{}"}, "it is a PEFT adapter, adapter_config.json: merge it"),
+        (
+            {"snapshots/0123abc/config.json": "{}", "refs/main": "0123abc"},
+            "it is a Hugging Face cache entry: give a revision's dir, e.g. ",
+        ),
+        ({"model-Q4_K_M.gguf": "GGUF"}, "found GGUF files: give the save_pretrained"),
+        ({"notes.txt": "x"}, None),
+    ],
+    ids=["peft-adapter", "hf-cache-entry", "gguf", "other"],
+)
+def test_a_dir_that_is_not_a_model_says_what_it_is(
+    dirs: list[Path], tmp_path: Path, files: dict[str, str], hint: str | None
+) -> None:
+    """Common mistakes for a Hugging Face user: the adapter of a LoRA fine-tune, the cache
+    entry instead of its snapshot, a quantised export."""
+    other = tmp_path / "not-a-model"
+    for name, text in files.items():
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_text(text)
+    with pytest.raises(InputValidationError) as caught:
+        _validate([dirs[0], dirs[1], other])
+    message = str(caught.value)
+    assert message.startswith(f"{other}: config: no config.json")
+    if hint is None:
+        assert message == f"{other}: config: no config.json"
+    else:
+        assert f"no config.json ({hint}" in message
+
+
 def test_corrupt_weights(dirs: list[Path]) -> None:
     weights = dirs[2] / "model.safetensors"
     data = weights.read_bytes()
