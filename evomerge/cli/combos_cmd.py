@@ -17,7 +17,9 @@ app = typer.Typer(
 )
 
 MODELS = typer.Option(
-    None, "--models", help="The three input models (directories); default: the recipe's."
+    None,
+    "--models",
+    help="The three input models (dirs, or repo ids in the local HF cache); default: the recipe's.",
 )
 BASE = typer.Option(None, "--base", help="Common ancestor, for --reference ancestor.")
 RECIPE = typer.Option(
@@ -58,9 +60,14 @@ def _check_label(label: str | None) -> None:
 
 def _check_dirs(names: list[str], base: str | None) -> None:
     """Every model named is a dir (a typo would otherwise surface mid-merge, or never in show)."""
+    from evomerge.hub_cache import not_cached_hint
+
     for flag, name in [*(("--models", n) for n in names), *([("--base", base)] if base else [])]:
         if not Path(name).is_dir():
-            raise _fail(f"{flag}: {name}: not a directory (expected a save_pretrained model dir)")
+            raise _fail(
+                f"{flag}: {name}: not a directory (expected a save_pretrained model dir)"
+                + not_cached_hint(name)
+            )
 
 
 def _check_out(out: Path, overwrite: bool, keep: list[Any]) -> None:
@@ -109,9 +116,13 @@ def _load_recipe(path: Path | None) -> Any:
 def _models(
     models: tuple[str, str, str] | None, base: str | None, recipe: Any
 ) -> tuple[list[str], str | None]:
-    """--models/--base, else the recipe's inputs (explicit model dirs only)."""
+    """--models/--base (dirs, or repo ids in the Hugging Face cache), else the recipe's
+    inputs (explicit model dirs only)."""
     if models is not None:
-        return list(models), base
+        from evomerge.hub_cache import model_location
+
+        where = [str(model_location(m)) for m in models]
+        return where, (str(model_location(base)) if base is not None else None)
     if recipe is not None and recipe.inputs.models is not None:
         if base is None and recipe.inputs.base_model is not None:
             base = str(recipe.inputs.base_model)

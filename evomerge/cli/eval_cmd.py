@@ -28,7 +28,10 @@ def _load(model_dir: Path) -> tuple[Any, Any]:
     evomerge.load_plugins()  # plugin model families load with AutoModel
 
     if not (model_dir / "config.json").is_file():
-        raise _fail(f"{model_dir}: not a model directory (no config.json)")
+        from evomerge.hub_cache import not_cached_hint
+
+        hint = "" if model_dir.exists() else not_cached_hint(model_dir)
+        raise _fail(f"{model_dir}: not a model directory (no config.json){hint}")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -46,7 +49,9 @@ def _split_names(values: list[str] | None) -> list[str] | None:
 
 @app.command("eval")
 def eval_command(
-    model_dir: Path = typer.Argument(..., help="Model directory (save_pretrained output)."),
+    model_dir: Path = typer.Argument(
+        ..., help="Model directory (save_pretrained output), or a repo id in the local HF cache."
+    ),
     tasks: Optional[list[str]] = typer.Option(
         None,
         "--tasks",
@@ -87,9 +92,14 @@ def eval_command(
     if problem is not None:
         raise _fail(f"--device: {problem}")
     # every path checked before the (long) measurements, not after them
-    for path in reference or []:
+    from evomerge.hub_cache import model_location, not_cached_hint
+
+    model_dir = model_location(model_dir)  # a dir, or a repo id in the Hugging Face cache
+    reference = [model_location(path) for path in reference or []]
+    for path in reference:
         if not (path / "config.json").is_file():
-            raise _fail(f"--reference: {path}: not a model directory (no config.json)")
+            hint = "" if path.exists() else not_cached_hint(path)
+            raise _fail(f"--reference: {path}: not a model directory (no config.json){hint}")
     for path in task_dir or []:
         if not path.is_dir():
             raise _fail(f"--task-dir: {path}: not a directory")

@@ -48,12 +48,18 @@ class Phase1Source(_Strict):
 class InputsConfig(_Strict):
     """The three input models: explicit paths, or the demo family made on demand."""
 
-    models: list[Path] | None = Field(None, description="Exactly three save_pretrained model dirs.")
+    models: list[Path] | None = Field(
+        None,
+        description="Exactly three save_pretrained model dirs (or Hugging Face repo ids "
+        "already in the local cache: nothing is downloaded).",
+    )
     phase1: Phase1Source | None = Field(
         None, description="Make/reuse the demo Phase-1 family instead of `models`."
     )
     base_model: Path | None = Field(
-        None, description="Optional common ancestor (needed by `reference: ancestor`)."
+        None,
+        description="Optional common ancestor (needed by `reference: ancestor`); a dir or a "
+        "cached repo id, as `models`.",
     )
     architecture: str | None = Field(
         None,
@@ -296,18 +302,37 @@ class Recipe(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def given(self, loc: tuple[Any, ...]) -> str | None:
+        """The text the recipe file gave for field ``loc`` (before paths were resolved)."""
+        if self._source is None:
+            return None
+        node = self._source[1]
+        for key in loc:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                node = node.value[key] if key < len(node.value) else None
+            else:
+                return None
+        return node.value if isinstance(node, yaml.ScalarNode) else None
+
     def resolved(self, base_dir: Path) -> Recipe:
-        """Relative paths resolve against the recipe file's folder, as a user expects."""
+        """Relative paths resolve against the recipe file's folder, as a user expects; a model
+        named by a Hugging Face repo id that is no dir there, to its cached snapshot."""
+        from evomerge.hub_cache import model_location
 
         def fix(p: Path | None) -> Path | None:
             return None if p is None else (p if p.is_absolute() else (base_dir / p).resolve())
 
+        def model(p: Path | None) -> Path | None:
+            return None if p is None else model_location(p, base_dir)
+
         data = self.model_copy(deep=True)
         if data.inputs.models is not None:
-            data.inputs.models = [fix(p) for p in data.inputs.models]  # type: ignore[misc]
+            data.inputs.models = [model(p) for p in data.inputs.models]  # type: ignore[misc]
         if data.inputs.phase1 is not None:
             data.inputs.phase1.out = fix(data.inputs.phase1.out)  # type: ignore[assignment]
-        data.inputs.base_model = fix(data.inputs.base_model)
+        data.inputs.base_model = model(data.inputs.base_model)
         data.fitness.task_dirs = [fix(p) for p in data.fitness.task_dirs]  # type: ignore[misc]
         data.output = fix(data.output)  # type: ignore[assignment]
         return data

@@ -49,6 +49,10 @@ def checked_inputs(
     except InputValidationError as exc:
         message = str(exc)
         loc = input_location(recipe, message)
+        if ": path: not a directory" in message:  # a repo id the cache does not hold?
+            from evomerge.hub_cache import not_cached_hint
+
+            message += not_cached_hint(recipe.given(loc) or "")
         if recipe.inputs.architecture and ": model_type: is " in message:
             loc = ("inputs", "architecture")  # the inputs are consistent; the recipe's name is not
         elif ": param_count: " in message:

@@ -1,0 +1,55 @@
+"""Model names as Hugging Face users write them: a local dir, or a repo id already in the cache.
+
+mergekit and transformers take ``org/name`` for a model; evomerge takes it too, but
+only from the local Hugging Face cache (``huggingface_hub.snapshot_download`` with
+``local_files_only=True``: it reads ``refs/`` and ``snapshots/`` and never opens a
+connection). A repo that is not cached is not fetched: nothing is downloaded at
+run time (docs/recipes.md "Inputs from the Hugging Face cache").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+#: ``org/name`` as the Hub spells a repo id (no third part, no leading dot or slash).
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def looks_like_repo_id(name: str | Path) -> bool:
+    return bool(_REPO_ID.fullmatch(str(name))) and not str(name).endswith((".", "-"))
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot dir of ``repo_id``'s default revision, or None when not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+
+
+def model_location(name: str | Path, base_dir: Path | None = None) -> Path:
+    """Where the model ``name`` is: a dir (relative ones against ``base_dir``, else the
+    working dir), else, for a repo id, its cached snapshot. A name that is neither comes
+    back as the path, for the caller's "not a directory" check to name."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    local = (base_dir / path).resolve() if base_dir is not None else path
+    if local.exists() or not looks_like_repo_id(name):
+        return local
+    return cached_snapshot(str(name)) or local
+
+
+def not_cached_hint(name: str | Path) -> str:
+    """Why a missing model named ``name`` (as the user wrote it) was not found as a repo
+    id either: empty when ``name`` does not read as one."""
+    if not looks_like_repo_id(name):
+        return ""
+    return (
+        f" (nor is {name} in the local Hugging Face cache: evomerge downloads nothing; "
+        f"fetch it first, e.g. `hf download {name}`)"
+    )
