@@ -21,13 +21,15 @@ def looks_like_repo_id(name: str | Path) -> bool:
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot dir of ``repo_id``'s default revision, or None when not cached."""
+    """The cached snapshot dir of ``repo_id``'s default revision (``refs/main``), or None
+    when the cache has no complete one. ``local_files_only``: huggingface_hub reads the
+    cache and makes no request (tested with the network calls made to fail)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, ValueError, OSError):
+    except (LocalEntryNotFoundError, ValueError, OSError):  # incomplete ones too
         return None
 
 
@@ -35,7 +37,7 @@ def model_location(name: str | Path, base_dir: Path | None = None) -> Path:
     """Where the model ``name`` is: a dir (relative ones against ``base_dir``, else the
     working dir), else, for a repo id, its cached snapshot. A name that is neither comes
     back as the path, for the caller's "not a directory" check to name."""
-    path = Path(name).expanduser()
+    path = Path(name)
     if path.is_absolute():
         return path
     local = (base_dir / path).resolve() if base_dir is not None else path
@@ -45,11 +47,12 @@ def model_location(name: str | Path, base_dir: Path | None = None) -> Path:
 
 
 def not_cached_hint(name: str | Path) -> str:
-    """Why a missing model named ``name`` (as the user wrote it) was not found as a repo
-    id either: empty when ``name`` does not read as one."""
+    """For a missing model named ``name`` (as the user wrote it) that reads as a repo id:
+    that the cache has no snapshot of it either. Empty for any other name."""
     if not looks_like_repo_id(name):
         return ""
     return (
-        f" (nor is {name} in the local Hugging Face cache: evomerge downloads nothing; "
-        f"fetch it first, e.g. `hf download {name}`)"
+        f" (if {name} is a Hugging Face repo id: the local cache has no complete snapshot of "
+        f"its main revision, and evomerge downloads nothing; fetch it first, e.g. "
+        f"`hf download {name}`)"
     )

@@ -78,30 +78,89 @@ def test_a_repo_id_not_in_the_cache_is_not_downloaded(
     message = " ".join(result.output.split())
     assert message.startswith(f"error: {recipe_path}:5: inputs.models.2: {tmp_path / 'org/ft-9'}")
     assert message.endswith(
-        "path: not a directory (expected a save_pretrained model dir) (nor is org/ft-9 in the "
-        "local Hugging Face cache: evomerge downloads nothing; fetch it first, e.g. `hf "
-        "download org/ft-9`)"
+        "path: not a directory (expected a save_pretrained model dir) (if org/ft-9 is a Hugging "
+        "Face repo id: the local cache has no complete snapshot of its main revision, and "
+        "evomerge downloads nothing; fetch it first, e.g. `hf download org/ft-9`)"
     )
     result = CliRunner().invoke(app, ["eval", "org/ft-9"])
-    assert (
-        result.exit_code == 2 and "nor is org/ft-9 in the local Hugging Face cache" in result.output
-    )
+    assert result.exit_code == 2
+    assert "(if org/ft-9 is a Hugging Face repo id: the local cache has no" in result.output
 
 
-def test_combos_export_merges_cached_repo_ids(hub_cache: dict[str, Path], tmp_path: Path) -> None:
-    """The merge reads the snapshots; the card and merge config name them."""
+def test_no_lookup_touches_the_network(
+    hub_cache: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even with the Hub client online (HF_HUB_OFFLINE off), a cached and an uncached repo
+    id are looked up without a request: the calls snapshot_download makes online fail."""
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+
+    from evomerge.hub_cache import cached_snapshot
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a request to the Hub")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for call in ("repo_info", "model_info", "list_repo_tree", "list_repo_files"):
+        monkeypatch.setattr(HfApi, call, no_network)
+    assert cached_snapshot("org/ft-1") == hub_cache["org/ft-1"]
+    assert cached_snapshot("org/ft-9") is None
+    assert model_location("org/ft-2", tmp_path) == hub_cache["org/ft-2"]
+
+
+def test_combos_merge_cached_repo_ids(hub_cache: dict[str, Path], tmp_path: Path) -> None:
+    """`export` reads the snapshots (its merge_config.yaml names them, to run here); its card
+    names the repos and their revision, with the Hub's `base_model` metadata. `show` prints
+    the names as given (a config to move to another machine); `run` refuses a config that
+    names a repo id, for either engine, pointing at the cached snapshot (mergekit would
+    otherwise look the name up on the Hub)."""
+    from huggingface_hub import ModelCard
+
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "merged"
-    args = ["combos", "export", "010", "--models", "org/ft-1", "org/ft-2", "org/ft-3"]
+    repos = ["org/ft-1", "org/ft-2", "org/ft-3"]
+    args = ["combos", "export", "010", "--models", *repos]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--calibration", str(calibration)])
     assert result.exit_code == 0, result.output
     assert str(hub_cache["org/ft-3"]) in (out / "merge_config.yaml").read_text()
-    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == repos
+    assert f"- `org/ft-2` (revision {COMMIT[:12]})" in card.text
+    assert str(hub_cache["org/ft-2"]) not in card.text.split("## Merge configuration")[0]
     result = CliRunner().invoke(app, [*args[:-1], "org/nope", "--out", str(tmp_path / "x")])
-    assert (
-        result.exit_code == 2 and "nor is org/nope in the local Hugging Face cache" in result.output
-    )
+    assert result.exit_code == 2
+    assert "--models: org/nope: not a directory" in result.output
+    assert "(if org/nope is a Hugging Face repo id" in result.output
+
+    shown = CliRunner().invoke(app, ["combos", "show", "010", "--models", *repos])
+    assert shown.exit_code == 0 and "model: org/ft-1" in shown.output
+    assert str(hub_cache["org/ft-1"]) not in shown.output
+    config = tmp_path / "010.yaml"
+    config.write_text(shown.output)
+    for engine in ("evomerge", "mergekit"):
+        result = CliRunner().invoke(
+            app, ["combos", "run", str(config), "--out", str(tmp_path / engine), "--engine", engine]
+        )
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert message.startswith("error: model org/ft-1: not a directory")
+        assert f"has org/ft-1 at {hub_cache['org/ft-1']}: name that dir in the config" in message
+        assert not (tmp_path / engine).exists()
+
+
+def test_combos_recipe_base_given_by_repo_id(hub_cache: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, ["org/ft-1", "org/ft-2", "org/ft-3"], "org/base")
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(
+        app,
+        ["combos", "export", "011", "--recipe", str(recipe), "--base", "org/base",
+         "--reference", "ancestor", "--out", str(out), "--calibration", str(calibration)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert str(hub_cache["org/base"]) in (out / "merge_config.yaml").read_text()
 
 
 def test_a_local_dir_wins_over_a_repo_id(hub_cache: dict[str, Path], tmp_path: Path) -> None:

@@ -182,7 +182,10 @@ def test_lineage_rebuild_out_saves_the_champion_with_its_card(
     report = json.loads((out / "result.json").read_text())
     check_model_card(rebuilt, report)
     card = (rebuilt / "README.md").read_text()
-    assert f"Rebuilt from `{(out / 'result.json').resolve()}`, which holds every figure" in card
+    assert (
+        f"Rebuilt on cpu from `{(out / 'result.json').resolve()}` (bit-identical to the "
+        "champion the run saved), which holds every figure" in card
+    )
 
 
 def test_lineage_rebuild_refuses_an_unknown_inputs_mode(finished_run: tuple[Path, int]) -> None:

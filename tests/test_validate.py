@@ -178,24 +178,30 @@ def test_missing_dir_and_weights(dirs: list[Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("files", "hint"),
+    ("name", "files", "hint"),
     [
-        ({"adapter_config.json": "{}"}, "it is a PEFT adapter, adapter_config.json: merge it"),
         (
-            {"snapshots/0123abc/config.json": "{}", "refs/main": "0123abc"},
-            "it is a Hugging Face cache entry: give a revision's dir, e.g. ",
+            "lora",
+            {"adapter_config.json": "{}"},
+            "it is a PEFT adapter, adapter_config.json: merge it",
         ),
-        ({"model-Q4_K_M.gguf": "GGUF"}, "found GGUF files: give the save_pretrained"),
-        ({"notes.txt": "x"}, None),
+        (
+            "models--org--ft-a",
+            {"snapshots/0123abc/config.json": "{}", "refs/main": "0123abc"},
+            "it is a Hugging Face cache entry: give its repo id, org/ft-a, or one of its "
+            "snapshots/REVISION dirs)",
+        ),
+        ("q4", {"model-Q4_K_M.gguf": "GGUF"}, "found GGUF files: give the save_pretrained"),
+        ("notes", {"notes.txt": "x"}, None),
     ],
     ids=["peft-adapter", "hf-cache-entry", "gguf", "other"],
 )
 def test_a_dir_that_is_not_a_model_says_what_it_is(
-    dirs: list[Path], tmp_path: Path, files: dict[str, str], hint: str | None
+    dirs: list[Path], tmp_path: Path, name: str, files: dict[str, str], hint: str | None
 ) -> None:
     """Common mistakes for a Hugging Face user: the adapter of a LoRA fine-tune, the cache
     entry instead of its snapshot, a quantised export."""
-    other = tmp_path / "not-a-model"
+    other = tmp_path / name
     for name, text in files.items():
         (other / name).parent.mkdir(parents=True, exist_ok=True)
         (other / name).write_text(text)

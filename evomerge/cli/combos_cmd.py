@@ -58,16 +58,39 @@ def _check_label(label: str | None) -> None:
         raise _fail("combo label '': expected a 3-bit label like 010 (omit it for all eight)")
 
 
-def _check_dirs(names: list[str], base: str | None) -> None:
-    """Every model named is a dir (a typo would otherwise surface mid-merge, or never in show)."""
-    from evomerge.hub_cache import not_cached_hint
+def _locate(names: list[str], base: str | None) -> tuple[list[str], str | None]:
+    """Each model named as a dir: itself, or a Hugging Face repo id's cached snapshot
+    (evomerge/hub_cache.py); one that is neither is a one-line error (a typo would
+    otherwise surface mid-merge)."""
+    from evomerge.hub_cache import model_location, not_cached_hint
 
+    found: list[str] = []
     for flag, name in [*(("--models", n) for n in names), *([("--base", base)] if base else [])]:
-        if not Path(name).is_dir():
+        where = model_location(name)
+        if not where.is_dir():
+            hint = "" if where.exists() else not_cached_hint(name)
             raise _fail(
-                f"{flag}: {name}: not a directory (expected a save_pretrained model dir)"
-                + not_cached_hint(name)
+                f"{flag}: {name}: not a directory (expected a save_pretrained model dir){hint}"
             )
+        found.append(str(where))
+    return found[: len(names)], (found[-1] if base else None)
+
+
+def _check_config_dirs(config: Any) -> None:
+    """Every model a merge config names is a local dir, for either engine: mergekit would
+    look a missing one up on the Hub (a download), and evomerge reads dirs only."""
+    from evomerge.hub_cache import cached_snapshot, looks_like_repo_id, not_cached_hint
+
+    for name in _config_paths(config):
+        if Path(name).is_dir():
+            continue
+        snapshot = cached_snapshot(name) if looks_like_repo_id(name) else None
+        where = (
+            f" (the local Hugging Face cache has {name} at {snapshot}: name that dir in the config)"
+            if snapshot is not None
+            else ("" if Path(name).exists() else not_cached_hint(name))
+        )
+        raise _fail(f"model {name}: not a directory (a merge config names model dirs){where}")
 
 
 def _check_out(out: Path, overwrite: bool, keep: list[Any]) -> None:
@@ -116,13 +139,10 @@ def _load_recipe(path: Path | None) -> Any:
 def _models(
     models: tuple[str, str, str] | None, base: str | None, recipe: Any
 ) -> tuple[list[str], str | None]:
-    """--models/--base (dirs, or repo ids in the Hugging Face cache), else the recipe's
-    inputs (explicit model dirs only)."""
+    """--models/--base as given (dirs, or repo ids in the Hugging Face cache), else the
+    recipe's inputs (explicit model dirs only, already located)."""
     if models is not None:
-        from evomerge.hub_cache import model_location
-
-        where = [str(model_location(m)) for m in models]
-        return where, (str(model_location(base)) if base is not None else None)
+        return list(models), base
     if recipe is not None and recipe.inputs.models is not None:
         if base is None and recipe.inputs.base_model is not None:
             base = str(recipe.inputs.base_model)
@@ -168,7 +188,7 @@ def show(
 
     _check_label(label)
     recipe = _load_recipe(recipe_path)
-    names, base = _models(models, base, recipe)  # not checked: a config may name hub ids
+    names, base = _models(models, base, recipe)  # as given: the config moves to other machines
     params = _params(reference, sets, recipe)
     try:
         configs = [
@@ -191,7 +211,10 @@ def _execute(
     out: Path,
     calibration: str | None,
     label: str | None,
+    given: list[str] | None = None,
 ) -> None:
+    """Merge in memory and save to ``out``; ``given``: the models and base as the user named
+    them (repo ids, for the card), when not the dirs in ``names`` and ``base``."""
     from evomerge.evolution.model_dir import InputValidationError
     from evomerge.evolution.residency import file_input_set
     from evomerge.merge import MergeConfigError, MergeEngine
@@ -212,7 +235,8 @@ def _execute(
 
     with staged_dir(out) as staging:  # replaces --out only once the whole model is saved
         save_merged(model, str(staging), tokenizer_from=names[0], config_yaml=result.config_yaml)
-        card = merge_card(staging, out.name, names, base, result.config_yaml, label)
+        located = [*names, *([base] if base else [])]
+        card = merge_card(staging, out.name, given or located, located, result.config_yaml, label)
         (staging / "README.md").write_text(card, encoding="utf-8")
     for log in result.stage_logs:
         note = f"  FALLBACK to linear: {log.fallback}" if log.fallback else ""
@@ -239,7 +263,8 @@ def export(
     _check_label(label)
     recipe = _load_recipe(recipe_path)
     names, base = _models(models, base, recipe)
-    _check_dirs(names, base)
+    given = [*names, *([base] if base else [])]  # as the user named them, for the card
+    names, base = _locate(names, base)
     params = _params(reference, sets, recipe)
     try:
         config = combo_config(label, names, base, params, seed=seed)
@@ -251,7 +276,7 @@ def export(
                 f"combo {label} uses {needs}, a whole-model method that needs "
                 "--calibration FILE (fitness-split text)"
             )
-        _execute(config, names, base, out, calibration, label)
+        _execute(config, names, base, out, calibration, label, given)
     except (MergeConfigError, UnknownMergeMethodError) as exc:
         raise _fail(str(exc)) from None
 
@@ -281,14 +306,21 @@ def run(
         config = ComboConfig.from_yaml(text, source=str(config_file))
         if engine not in ("evomerge", "mergekit"):
             raise MergeConfigError(f"--engine {engine!r}: expected 'evomerge' or 'mergekit'")
+        _check_config_dirs(config)
         _check_out(out, overwrite, [config_file, calibration, *_config_paths(config)])
         if engine == "mergekit":
+            from evomerge.fitness.offline import ensure_offline
             from evomerge.merge.mergekit_bridge import run_with_mergekit
             from evomerge.output_dir import staged_dir
+            from evomerge.run.model_card import merge_card
 
+            ensure_offline()  # mergekit looks up any name it cannot open on the Hub
             stages = out.resolve().with_name(out.resolve().name + ".stages")
             with staged_dir(out) as staging:  # replaces --out only once mergekit is done
                 run_with_mergekit(text, staging, intermediate_dir=stages)
+                paths = _config_paths(config)
+                card = merge_card(staging, out.name, paths, paths, text, None, engine="mergekit")
+                (staging / "README.md").write_text(card, encoding="utf-8")
             typer.echo(f"wrote {out} (mergekit)")
             return
         stage_names = {s.name for s in config.stages}

@@ -20,6 +20,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _why_not(path: Path) -> str:
+    """What a path that is not a model dir is instead, when that is a common mistake."""
+    from evomerge.evolution.model_dir import not_a_model_hint
+    from evomerge.hub_cache import not_cached_hint
+
+    if path.exists():
+        return not_a_model_hint(path) if path.is_dir() else ""
+    return not_cached_hint(path)
+
+
 def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,10 +38,7 @@ def _load(model_dir: Path) -> tuple[Any, Any]:
     evomerge.load_plugins()  # plugin model families load with AutoModel
 
     if not (model_dir / "config.json").is_file():
-        from evomerge.hub_cache import not_cached_hint
-
-        hint = "" if model_dir.exists() else not_cached_hint(model_dir)
-        raise _fail(f"{model_dir}: not a model directory (no config.json){hint}")
+        raise _fail(f"{model_dir}: not a model directory (no config.json){_why_not(model_dir)}")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -92,14 +99,15 @@ def eval_command(
     if problem is not None:
         raise _fail(f"--device: {problem}")
     # every path checked before the (long) measurements, not after them
-    from evomerge.hub_cache import model_location, not_cached_hint
+    from evomerge.hub_cache import model_location
 
     model_dir = model_location(model_dir)  # a dir, or a repo id in the Hugging Face cache
     reference = [model_location(path) for path in reference or []]
     for path in reference:
         if not (path / "config.json").is_file():
-            hint = "" if path.exists() else not_cached_hint(path)
-            raise _fail(f"--reference: {path}: not a model directory (no config.json){hint}")
+            raise _fail(
+                f"--reference: {path}: not a model directory (no config.json){_why_not(path)}"
+            )
     for path in task_dir or []:
         if not path.is_dir():
             raise _fail(f"--task-dir: {path}: not a directory")

@@ -78,10 +78,19 @@ def rebuild_cmd(
         models = json.loads(result_json.read_text())["inputs"]["models"]
         with staged_dir(out) as staging:  # replaces --out only once the model is saved
             save_rebuilt(model, staging, Path(models[0]))
+            if comparison.get("bit_identical"):
+                state = "bit-identical to the champion the run saved"
+            elif comparison.get("saved") is None:
+                state = "the run's saved champion was gone, so not compared with it"
+            else:  # the figures below are the saved champion's, not this model's
+                state = (
+                    f"differs from the champion the run saved by up to "
+                    f"{comparison['max_abs_diff']:.3g}: the figures below are that one's"
+                )
             write_model_card(
                 staging,
                 json.loads(result_json.read_text()),
-                result_ref=f"Rebuilt from `{result_json.resolve()}`, which",
+                result_ref=f"Rebuilt on {device} from `{result_json.resolve()}` ({state}), which",
             )
         console.print(f"saved rebuilt champion to {out}")
     if comparison.get("saved", "") is None:

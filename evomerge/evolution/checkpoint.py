@@ -132,6 +132,7 @@ class Checkpoint:
         if state.get("recipe_hash") != recipe_hash:
             raise CheckpointError(
                 f"{path}: checkpoint was written by a different recipe (hash {str(state.get('recipe_hash'))[:12]}), "
+                "or an input named by repo id now resolves to another cached revision; "
                 "run without --resume or restore the original recipe"
             )
         for name, fname in state["files"].items():

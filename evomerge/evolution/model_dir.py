@@ -66,7 +66,7 @@ def read_config(model_dir: Path, architecture: str | None) -> dict[str, Any]:
         raise fail(model_dir, "path", "not a directory (expected a save_pretrained model dir)")
     cfg_path = model_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        raise fail(model_dir, "config", f"no {CONFIG_FILE}{_not_a_model_hint(model_dir)}")
+        raise fail(model_dir, "config", f"no {CONFIG_FILE}{not_a_model_hint(model_dir)}")
     config = read_json(cfg_path, "config")
     if not isinstance(config, dict):
         raise fail(cfg_path, "config", "must be a JSON object")
@@ -78,16 +78,19 @@ def read_config(model_dir: Path, architecture: str | None) -> dict[str, Any]:
     return config
 
 
-def _not_a_model_hint(model_dir: Path) -> str:
+def not_a_model_hint(model_dir: Path) -> str:
     """What a dir without config.json holds instead, when it is a common mistake."""
     if (model_dir / "adapter_config.json").is_file():
         return (
             " (it is a PEFT adapter, adapter_config.json: merge it into its base first, "
             "PeftModel.from_pretrained(base, DIR).merge_and_unload().save_pretrained(OUT))"
         )
-    snapshots = sorted(p for p in (model_dir / "snapshots").glob("*") if p.is_dir())
-    if snapshots:
-        return f" (it is a Hugging Face cache entry: give a revision's dir, e.g. {snapshots[0]})"
+    if (model_dir / "snapshots").is_dir() and model_dir.name.startswith("models--"):
+        repo_id = model_dir.name.removeprefix("models--").replace("--", "/", 1)
+        return (
+            f" (it is a Hugging Face cache entry: give its repo id, {repo_id}, or one of its "
+            "snapshots/REVISION dirs)"
+        )
     if any(model_dir.glob("*.gguf")):
         return " (found GGUF files: give the save_pretrained safetensors model they came from)"
     return ""

@@ -68,25 +68,37 @@ def write_model_card(champion_dir: Path, result: dict[str, Any], result_ref: str
 def merge_card(
     model_dir: Path,
     name: str,
-    models: list[str],
-    base: str | None,
+    given: list[str],
+    located: list[str],
     config_yaml: str,
     label: str | None,
+    engine: str = "evomerge",
 ) -> str:
     """The card of one merge (`combos export|run`) saved in ``model_dir``, as mergekit writes
-    one for each of its merges: what went in, the config that made it, how to load it."""
+    one for each of its merges: what went in (``given``: as the user named the models;
+    ``located``: the dirs read, a repo id's cached snapshot), the config, how to load it."""
     from huggingface_hub import ModelCard
 
+    from evomerge.hub_cache import looks_like_repo_id
+
     how = f"combo `{label}`" if label else "a merge config"
-    lines = [f"- `{m}`" for m in models]
-    if base:
-        lines.append(f"- base: `{base}`")
+    lines, repo_ids = [], []
+    for shown, where in zip(given, located, strict=True):
+        if shown != where and looks_like_repo_id(shown):  # a snapshot dir: name its revision
+            repo_ids.append(shown)
+            lines.append(f"- `{shown}` (revision {Path(where).name[:12]})")
+        else:
+            lines.append(f"- `{shown}`")
+    ran = (
+        "run in memory. `evomerge combos run merge_config.yaml --out DIR --engine mergekit` "
+        "runs the same config through mergekit itself."
+        if engine == "evomerge"
+        else "run by mergekit (`evomerge combos run --engine mergekit`)."
+    )
     sections = [
-        _metadata(),
+        _metadata(repo_ids),
         f"# {name}",
-        f"A merge made with evomerge from {how}: the generated mergekit YAML below "
-        "(`merge_config.yaml` here), run in memory. `evomerge combos run merge_config.yaml "
-        "--out DIR --engine mergekit` runs the same config through mergekit itself.",
+        f"A merge made with evomerge from {how}: the mergekit YAML below, {ran}",
         _loading(_model_type(model_dir)),
         "## Models merged\n\n" + "\n".join(lines),
         f"## Merge configuration\n\n```yaml\n{config_yaml.rstrip()}\n```",
@@ -94,11 +106,16 @@ def merge_card(
     return str(ModelCard("\n\n".join(sections) + "\n"))
 
 
-def _metadata() -> str:
-    """The card's YAML front matter, written by huggingface_hub as the Hub reads it."""
+def _metadata(base_models: list[str] | None = None) -> str:
+    """The card's YAML front matter, written by huggingface_hub as the Hub reads it;
+    ``base_models``: the Hub repos merged (as mergekit's cards list them)."""
     from huggingface_hub import ModelCardData
 
-    data = ModelCardData(library_name="transformers", tags=["merge", "evomerge", "mergekit"])
+    data = ModelCardData(
+        library_name="transformers",
+        tags=["merge", "evomerge", "mergekit"],
+        base_model=base_models or None,
+    )
     return f"---\n{data.to_yaml()}\n---"
 
 

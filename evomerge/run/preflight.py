@@ -49,8 +49,8 @@ def checked_inputs(
     except InputValidationError as exc:
         message = str(exc)
         loc = input_location(recipe, message)
-        if ": path: not a directory" in message:  # a repo id the cache does not hold?
-            from evomerge.hub_cache import not_cached_hint
+        if ": path: not a directory" in message and _missing(recipe, loc):
+            from evomerge.hub_cache import not_cached_hint  # a repo id the cache lacks?
 
             message += not_cached_hint(recipe.given(loc) or "")
         if recipe.inputs.architecture and ": model_type: is " in message:
@@ -58,6 +58,16 @@ def checked_inputs(
         elif ": param_count: " in message:
             loc = ("inputs", "expected_params")
         raise RecipeError(f"{recipe.where(loc)}: {message}") from None
+
+
+def _missing(recipe: Recipe, loc: tuple[Any, ...]) -> bool:
+    """Whether the input at ``loc`` (inputs.models.N, inputs.base_model) is not there at all."""
+    inputs = recipe.inputs
+    if loc[:2] == ("inputs", "models") and len(loc) == 3 and inputs.models is not None:
+        return not Path(inputs.models[loc[2]]).exists()
+    if loc == ("inputs", "base_model") and inputs.base_model is not None:
+        return not Path(inputs.base_model).exists()
+    return False
 
 
 def check_device(recipe: Recipe) -> None:
