@@ -144,7 +144,7 @@ def test_combos_merge_cached_repo_ids(hub_cache: dict[str, Path], tmp_path: Path
         )
         assert result.exit_code == 2, result.output
         message = " ".join(result.output.split())
-        assert message.startswith("error: model org/ft-1: not a directory")
+        assert message.startswith(f"error: {config}: model org/ft-1: not a directory")
         assert f"has org/ft-1 at {hub_cache['org/ft-1']}: name that dir in the config" in message
         assert not (tmp_path / engine).exists()
 

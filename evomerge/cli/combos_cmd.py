@@ -76,7 +76,7 @@ def _locate(names: list[str], base: str | None) -> tuple[list[str], str | None]:
     return found[: len(names)], (found[-1] if base else None)
 
 
-def _check_config_dirs(config: Any) -> None:
+def _check_config_dirs(config: Any, source: Path) -> None:
     """Every model a merge config names is a local dir, for either engine: mergekit would
     look a missing one up on the Hub (a download), and evomerge reads dirs only."""
     from evomerge.hub_cache import cached_snapshot, looks_like_repo_id, not_cached_hint
@@ -90,7 +90,9 @@ def _check_config_dirs(config: Any) -> None:
             if snapshot is not None
             else ("" if Path(name).exists() else not_cached_hint(name))
         )
-        raise _fail(f"model {name}: not a directory (a merge config names model dirs){where}")
+        raise _fail(
+            f"{source}: model {name}: not a directory (a merge config names model dirs){where}"
+        )
 
 
 def _check_out(out: Path, overwrite: bool, keep: list[Any]) -> None:
@@ -306,7 +308,7 @@ def run(
         config = ComboConfig.from_yaml(text, source=str(config_file))
         if engine not in ("evomerge", "mergekit"):
             raise MergeConfigError(f"--engine {engine!r}: expected 'evomerge' or 'mergekit'")
-        _check_config_dirs(config)
+        _check_config_dirs(config, config_file)
         _check_out(out, overwrite, [config_file, calibration, *_config_paths(config)])
         if engine == "mergekit":
             from evomerge.fitness.offline import ensure_offline
