@@ -186,3 +186,14 @@ def test_a_local_dir_wins_over_a_repo_id(hub_cache: dict[str, Path], tmp_path: P
 )
 def test_what_reads_as_a_repo_id(name: str, repo: bool) -> None:
     assert looks_like_repo_id(name) is repo
+
+
+def test_recipe_init_keeps_repo_ids(hub_cache: dict[str, Path], tmp_path: Path) -> None:
+    """The recipe names the repos as given; loading it resolves them to the cache again."""
+    recipe = tmp_path / "hub.yaml"
+    args = ["--models", "org/ft-1", "org/ft-2", "org/ft-3", "--base", "org/base"]
+    result = CliRunner().invoke(app, ["recipe", "init", str(recipe), *args])
+    assert result.exit_code == 0, result.output
+    text = recipe.read_text()
+    assert "    - org/ft-2\n" in text and "  base_model: org/base " in text
+    assert load_recipe(recipe).inputs.models == [hub_cache[f"org/ft-{i}"] for i in (1, 2, 3)]

@@ -123,6 +123,102 @@ def validate_cmd(
         out.print(f"memory: {plan.describe()}", soft_wrap=True, highlight=False)
 
 
+@app.command("init")
+def init_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="The recipe to write."),
+    models: tuple[str, str, str] = typer.Option(
+        ...,
+        "--models",
+        help="The three fine-tunes: save_pretrained dirs, or repo ids in the local HF cache.",
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="Their common ancestor (enables task-arithmetic genes)."
+    ),
+    generations: int = typer.Option(8, "--generations", min=1, help="CMA-ES generations."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+) -> None:
+    """Write a commented recipe for three fine-tunes: CMA-ES over per-layer-group merge
+    weights, the demo tasks, the layer groups fitted to the inputs; their files are checked
+    (headers only) first, and the run's memory plan is printed."""
+    import json
+
+    from rich.console import Console
+
+    from evomerge.evolution.checkpoint import atomic_write_bytes
+    from evomerge.evolution.recipe import RecipeError, load_recipe
+    from evomerge.evolution.recipe_init import InitModels, render, written_path
+    from evomerge.evolution.validate import InputValidationError, validate_inputs
+    from evomerge.hub_cache import model_location, not_cached_hint
+    from evomerge.run.preflight import preflight
+
+    err = Console(stderr=True)
+
+    def fail(message: str) -> typer.Exit:
+        err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+        return typer.Exit(2)
+
+    if recipe_path.is_dir() or (recipe_path.exists() and not overwrite):
+        what = "is a directory" if recipe_path.is_dir() else "exists; use --overwrite to replace it"
+        raise fail(f"{recipe_path}: {what}")
+    if not recipe_path.parent.is_dir():
+        raise fail(f"{recipe_path}: no such directory {recipe_path.parent}")
+    named = [("--models", m) for m in models] + ([("--base", base)] if base else [])
+    located: list[Path] = []
+    for flag, name in named:
+        where = model_location(name)
+        if not where.is_dir():
+            hint = "" if where.exists() else not_cached_hint(name)
+            raise fail(
+                f"{flag}: {name}: not a directory (expected a save_pretrained model dir){hint}"
+            )
+        located.append(where)
+    try:
+        found = validate_inputs(
+            located[:3],
+            architecture=None,
+            expected_params=None,
+            base_model=located[3] if base else None,
+            scan=False,
+        )
+    except InputValidationError as exc:
+        raise fail(f"--models: {exc}") from None
+    config = json.loads((located[0] / "config.json").read_text())
+    layers = config.get("num_hidden_layers")
+    folder = recipe_path.parent
+    written = [
+        written_path(name, where, folder) for (_, name), where in zip(named, located, strict=True)
+    ]
+    init = InitModels(
+        written[:3],
+        written[3] if base else None,
+        found.architecture,
+        layers if isinstance(layers, int) else None,
+        found.param_count,
+    )
+    atomic_write_bytes(recipe_path, render(init, recipe_path, generations).encode())
+    try:
+        recipe = load_recipe(recipe_path)
+    except RecipeError as exc:  # a bug in the template: leave nothing behind
+        recipe_path.unlink()
+        raise fail(f"internal: the recipe written does not load: {exc}") from None
+    out = Console()
+    groups = recipe.evolution.layer_groups
+    out.print(
+        f"wrote {recipe_path} (three {found.architecture} fine-tunes of "
+        f"{found.param_count / 1e6:,.1f}M parameters, {groups} layer groups, "
+        f"{generations} generations)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    try:
+        plan = preflight(recipe)
+    except RecipeError as exc:  # the file is still right for another machine
+        err.print(f"note: on this machine: {exc}", soft_wrap=True, highlight=False)
+        return
+    if plan is not None:
+        out.print(f"memory: {plan.describe()}", soft_wrap=True, highlight=False)
+
+
 @app.command("run")
 def run_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),

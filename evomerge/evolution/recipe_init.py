@@ -1,0 +1,107 @@
+"""`evomerge recipe init`: a commented recipe for three fine-tunes, written from their files.
+
+A user with three fine-tunes of one base should not have to learn the recipe schema
+before a first run: the recipe is recipes/local-finetunes.yaml's shape (CMA-ES over
+per-layer-group weights, the demo tasks any tokenizer scores), with the models'
+paths written relative to the recipe's folder (as recipes resolve them) and the layer
+groups fitted to the inputs' decoder layers. Text, not ``yaml.safe_dump``, so the
+comments that explain each choice survive.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Layer groups a recipe starts with: per-group genes without more dimensions than
+#: CMA-ES's 8-candidate generations can search (docs/search.md).
+LAYER_GROUPS = 4
+
+
+@dataclass(frozen=True)
+class InitModels:
+    """The models as the recipe will name them, and what their files say."""
+
+    models: list[str]  # relative to the recipe's folder, absolute, or a cached repo id
+    base: str | None
+    architecture: str
+    layers: int | None
+    param_count: int
+
+
+def recipe_name(recipe_path: Path) -> str:
+    """The run's name: the recipe file's stem (also the default output dir's name)."""
+    return recipe_path.stem.replace(" ", "-") or "evomerge"
+
+
+def written_path(name: str, located: Path, recipe_dir: Path) -> str:
+    """How the recipe names a model: a repo id as given (the cache resolves it again), a dir
+    relative to the recipe's folder when the two share a folder below the root (a project
+    whose recipe and models move together), else absolute."""
+    from evomerge.hub_cache import looks_like_repo_id
+
+    if looks_like_repo_id(name) and not Path(name).exists():
+        return name
+    absolute, folder = located.resolve(), recipe_dir.resolve()
+    try:
+        shared = Path(os.path.commonpath([absolute, folder]))
+    except ValueError:  # another drive (Windows)
+        return str(absolute)
+    if shared == Path(shared.anchor):
+        return str(absolute)
+    return os.path.relpath(absolute, folder)
+
+
+def render(init: InitModels, recipe_path: Path, generations: int) -> str:
+    """The recipe's text."""
+    name = recipe_name(recipe_path)
+    groups = min(LAYER_GROUPS, init.layers) if init.layers else 1
+    of_base = " of one base" if init.base else ""
+    models = "\n".join(f"    - {_scalar(m)}" for m in init.models)
+    base = (
+        f"  base_model: {_scalar(init.base)}   # their common ancestor: the search scales each "
+        "input's fine-tuning (task arithmetic)\n"
+        if init.base
+        else ""
+    )
+    layers = f"of the inputs' {init.layers} decoder layers" if init.layers else "decoder layers"
+    return f"""\
+# Made by `evomerge recipe init` for three {init.architecture} fine-tunes{of_base}
+# ({init.param_count / 1e6:,.1f}M parameters each): CMA-ES over per-layer-group merge weights
+# (docs/search.md), scored on the demo perplexity and cloze tasks, which any tokenizer
+# scores. To weigh your own lm-eval task too, see docs/recipes.md, "Your own fine-tunes
+# and your own task". Check it, then run it:
+#   evomerge recipe validate {recipe_path.name}
+#   evomerge recipe run {recipe_path.name}
+name: {name}
+inputs:
+  models:
+{models}
+{base}evolution:
+  strategy: cmaes
+  generations: {generations}
+  layer_groups: {groups}                     # contiguous runs {layers}, one gene value each
+  embedding_group: true                # embeddings / final norm / head get genes of their own
+  strategy_options: {{popsize: 8, sigma0: 0.075}}
+  seed: 0
+fitness:
+  # speed and memory are equal for merges of one architecture, so they carry no weight
+  weights: {{perplexity: 0.6, accuracy: 0.4}}
+  max_items: 32                        # documents per task and generation (a fresh sample each)
+  report_max_items: 64                 # held-out documents per task in the final report
+  min_improvement: 0.05                # the target over the inputs' mean, held out
+tracking: {{wandb_mode: offline, project: evomerge}}
+# device auto: the GPU when there is one; storage auto: the inputs' own dtype; inputs auto:
+# on the device while they fit beside the candidates, else host memory, else their files
+device: {{device: auto, storage: auto, inputs: auto}}
+output: runs/{name}
+"""
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar: plain where YAML reads it back unchanged, else quoted."""
+    import yaml
+
+    plain = text if yaml.safe_load(text) == text and ": " not in text and " #" not in text else None
+    return plain if plain is not None else yaml.safe_dump(text, default_style='"').strip()
