@@ -134,7 +134,7 @@ def init_cmd(
     base: str | None = typer.Option(
         None, "--base", help="Their common ancestor (enables task-arithmetic genes)."
     ),
-    generations: int = typer.Option(8, "--generations", min=1, help="CMA-ES generations."),
+    generations: int = typer.Option(8, "--generations", help="CMA-ES generations."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     """Write a commented recipe for three fine-tunes: CMA-ES over per-layer-group merge
@@ -157,6 +157,8 @@ def init_cmd(
         err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
         return typer.Exit(2)
 
+    if generations < 1:
+        raise fail(f"--generations must be at least 1, got {generations}")
     if recipe_path.is_dir() or (recipe_path.exists() and not overwrite):
         what = "is a directory" if recipe_path.is_dir() else "exists; use --overwrite to replace it"
         raise fail(f"{recipe_path}: {what}")

@@ -74,7 +74,7 @@ def render(init: InitModels, recipe_path: Path, generations: int) -> str:
 # and your own task". Check it, then run it:
 #   evomerge recipe validate {recipe_path.name}
 #   evomerge recipe run {recipe_path.name}
-name: {name}
+name: {_scalar(name)}
 inputs:
   models:
 {models}
@@ -95,7 +95,7 @@ tracking: {{wandb_mode: offline, project: evomerge}}
 # device auto: the GPU when there is one; storage auto: the inputs' own dtype; inputs auto:
 # on the device while they fit beside the candidates, else host memory, else their files
 device: {{device: auto, storage: auto, inputs: auto}}
-output: runs/{name}
+output: {_scalar("runs/" + name)}
 """
 
 
@@ -103,5 +103,10 @@ def _scalar(text: str) -> str:
     """``text`` as a YAML scalar: plain where YAML reads it back unchanged, else quoted."""
     import yaml
 
-    plain = text if yaml.safe_load(text) == text and ": " not in text and " #" not in text else None
-    return plain if plain is not None else yaml.safe_dump(text, default_style='"').strip()
+    try:
+        same = yaml.safe_load(text) == text
+    except yaml.YAMLError:  # `*x`, `&x`, `!x`, ...
+        same = False
+    if same and ": " not in text and " #" not in text:
+        return text
+    return yaml.safe_dump(text, default_style='"').strip()
