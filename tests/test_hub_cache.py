@@ -197,3 +197,19 @@ def test_recipe_init_keeps_repo_ids(hub_cache: dict[str, Path], tmp_path: Path) 
     text = recipe.read_text()
     assert "    - org/ft-2\n" in text and "  base_model: org/base " in text
     assert load_recipe(recipe).inputs.models == [hub_cache[f"org/ft-{i}"] for i in (1, 2, 3)]
+
+
+def test_recipe_init_writes_a_path_where_a_dir_would_shadow_the_repo_id(
+    hub_cache: dict[str, Path], tmp_path: Path
+) -> None:
+    """A dir named like the repo beside the recipe would win over the cache when the recipe
+    loads, so the checked snapshot is written as a path instead of the repo id."""
+    project = tmp_path / "project"
+    (project / "org" / "ft-1").mkdir(parents=True)
+    recipe = project / "r.yaml"
+    args = ["--models", "org/ft-1", "org/ft-2", "org/ft-3"]
+    result = CliRunner().invoke(app, ["recipe", "init", str(recipe), *args])
+    assert result.exit_code == 0, result.output
+    text = recipe.read_text()
+    assert "    - org/ft-2\n" in text and "    - org/ft-1\n" not in text
+    assert load_recipe(recipe).inputs.models == [hub_cache[f"org/ft-{i}"] for i in (1, 2, 3)]

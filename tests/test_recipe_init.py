@@ -73,3 +73,38 @@ def test_init_without_a_base_and_its_refusals(real_family, tmp_path: Path) -> No
         "model dir)"
     )
     assert not mixed.exists() and not missing.exists() and recipe.read_text() == before
+
+
+def test_init_reads_back_what_it_checked(real_family, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Paths and names YAML would misread are quoted; a symlinked model stays the link;
+    --overwrite replaces; --base problems name --base; a file where the output goes is
+    refused before anything is written."""
+    family = real_family("llama")
+    odd = tmp_path / "project"
+    odd.mkdir()
+    names = ["yes", "ft #1", "a: b"]
+    for name, src in zip(names, family.models, strict=True):
+        (odd / name).symlink_to(src, target_is_directory=True)
+    (odd / "*base").symlink_to(family.base, target_is_directory=True)
+    recipe = odd / "null.yaml"
+    args = ["--models", *(str(odd / n) for n in names), "--base", str(odd / "*base")]
+    code, output = _init(recipe, *args)
+    assert code == 0, output
+    text = recipe.read_text()
+    assert '    - "yes"\n' in text and '    - "a: b"\n' in text and '  base_model: "*base"' in text
+    loaded = load_recipe(recipe)
+    assert [str(m) for m in loaded.inputs.models or []] == list(family.models)
+    assert loaded.name == "null" and str(loaded.inputs.base_model) == family.base
+
+    code, output = _init(recipe, *args, "--generations", "3", "--overwrite")
+    assert code == 0 and load_recipe(recipe).evolution.generations == 3
+    assert not list(odd.glob(".tmp-*"))
+
+    code, output = _init(tmp_path / "b.yaml", "--models", *family.models, "--base", str(odd))
+    assert code == 2 and output.startswith(f"error: --base: {odd}: config: no config.json")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "taken").write_text("a file")
+    code, output = _init(tmp_path / "taken.yaml", "--models", *family.models)
+    assert code == 2 and output.startswith("error: output: ")
+    assert "runs/taken exists and is not a directory" in output
+    assert not (tmp_path / "taken.yaml").exists() and not (tmp_path / "b.yaml").exists()

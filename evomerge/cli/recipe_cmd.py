@@ -87,6 +87,7 @@ def validate_cmd(
     the input models' files, configs, tensor headers and tokenizers (not their weights),
     and whether the models the run holds fit the device (printed as its memory plan)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from evomerge.evolution.recipe import RecipeError
     from evomerge.run.preflight import preflight
@@ -113,11 +114,14 @@ def validate_cmd(
                 processes=processes,
             )
     except RecipeError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     out = Console()
     out.print(
-        f"{recipe_path}: ok ({recipe.evolution.generations} generations, output {recipe.output})"
+        escape(
+            f"{recipe_path}: ok ({recipe.evolution.generations} generations, "
+            f"output {recipe.output})"
+        )
     )
     if plan is not None:
         out.print(f"memory: {plan.describe()}", soft_wrap=True, highlight=False)
@@ -140,21 +144,22 @@ def init_cmd(
     """Write a commented recipe for three fine-tunes: CMA-ES over per-layer-group merge
     weights, the demo tasks, the layer groups fitted to the inputs; their files are checked
     (headers only) first, and the run's memory plan is printed."""
-    import json
+    import os
 
     from rich.console import Console
+    from rich.markup import escape
 
-    from evomerge.evolution.checkpoint import atomic_write_bytes
     from evomerge.evolution.recipe import RecipeError, load_recipe
-    from evomerge.evolution.recipe_init import InitModels, render, written_path
+    from evomerge.evolution.recipe_init import InitModels, recipe_name, render, written_path
     from evomerge.evolution.validate import InputValidationError, validate_inputs
     from evomerge.hub_cache import model_location, not_cached_hint
-    from evomerge.run.preflight import preflight
+    from evomerge.run.preflight import check_output, preflight
+    from evomerge.search.genome import decoder_layers
 
     err = Console(stderr=True)
 
     def fail(message: str) -> typer.Exit:
-        err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
         return typer.Exit(2)
 
     if generations < 1:
@@ -164,6 +169,11 @@ def init_cmd(
         raise fail(f"{recipe_path}: {what}")
     if not recipe_path.parent.is_dir():
         raise fail(f"{recipe_path}: no such directory {recipe_path.parent}")
+    output = recipe_path.parent.resolve() / "runs" / recipe_name(recipe_path)
+    try:
+        check_output(output)  # the recipe's output: a dir or nothing yet
+    except RecipeError as exc:
+        raise fail(f"output: {exc}") from None
     named = [("--models", m) for m in models] + ([("--base", base)] if base else [])
     located: list[Path] = []
     for flag, name in named:
@@ -183,9 +193,9 @@ def init_cmd(
             scan=False,
         )
     except InputValidationError as exc:
-        raise fail(f"--models: {exc}") from None
-    config = json.loads((located[0] / "config.json").read_text())
-    layers = config.get("num_hidden_layers")
+        message = str(exc)
+        flag = "--base" if base and message.startswith(str(located[3])) else "--models"
+        raise fail(f"{flag}: {message}") from None
     folder = recipe_path.parent
     written = [
         written_path(name, where, folder) for (_, name), where in zip(named, located, strict=True)
@@ -194,31 +204,38 @@ def init_cmd(
         written[:3],
         written[3] if base else None,
         found.architecture,
-        layers if isinstance(layers, int) else None,
+        decoder_layers(found.tensor_names) or None,  # as the run groups them: by tensor names
         found.param_count,
     )
-    atomic_write_bytes(recipe_path, render(init, recipe_path, generations).encode())
+    # written beside the recipe (so its relative paths resolve the same), loaded and checked,
+    # then moved into place: a failure leaves the old file, and no temporary one
+    staged = recipe_path.with_name(f".tmp-{recipe_path.name}")
     try:
-        recipe = load_recipe(recipe_path)
-    except RecipeError as exc:  # a bug in the template: leave nothing behind
-        recipe_path.unlink()
-        raise fail(f"internal: the recipe written does not load: {exc}") from None
-    out = Console()
+        staged.write_text(render(init, recipe_path, generations), encoding="utf-8")
+        recipe = load_recipe(staged)
+        read = [*(recipe.inputs.models or []), recipe.inputs.base_model]
+        if [Path(p).resolve() for p in read if p is not None] != [p.resolve() for p in located]:
+            raise RecipeError(f"its models resolve to {read}, not {located}")
+        os.replace(staged, recipe_path)
+    except RecipeError as exc:  # a bug here, not bad input
+        raise fail(f"internal: the recipe written does not read back: {exc}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    out = Console(highlight=False)
     groups = recipe.evolution.layer_groups
     out.print(
-        f"wrote {recipe_path} (three {found.architecture} fine-tunes of "
+        f"wrote {escape(str(recipe_path))} (three {found.architecture} fine-tunes of "
         f"{found.param_count / 1e6:,.1f}M parameters, {groups} layer groups, "
         f"{generations} generations)",
         soft_wrap=True,
-        highlight=False,
     )
     try:
         plan = preflight(recipe)
-    except RecipeError as exc:  # the file is still right for another machine
-        err.print(f"note: on this machine: {exc}", soft_wrap=True, highlight=False)
+    except RecipeError as exc:  # the device or its memory: the file is right for another machine
+        err.print(f"note: on this machine: {escape(str(exc))}", soft_wrap=True, highlight=False)
         return
     if plan is not None:
-        out.print(f"memory: {plan.describe()}", soft_wrap=True, highlight=False)
+        out.print(f"memory: {plan.describe()}", soft_wrap=True)
 
 
 @app.command("run")

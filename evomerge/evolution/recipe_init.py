@@ -11,6 +11,7 @@ comments that explain each choice survive.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +40,16 @@ def written_path(name: str, located: Path, recipe_dir: Path) -> str:
     """How the recipe names a model: a repo id as given (the cache resolves it again), a dir
     relative to the recipe's folder when the two share a folder below the root (a project
     whose recipe and models move together), else absolute."""
-    from evomerge.hub_cache import looks_like_repo_id
+    from evomerge.hub_cache import looks_like_repo_id, model_location
 
-    if looks_like_repo_id(name) and not Path(name).exists():
+    folder = recipe_dir.resolve()
+    # a repo id stays one only if the recipe will resolve it to this very snapshot (a dir of
+    # that name beside the recipe would win over the cache)
+    cached = looks_like_repo_id(name) and not Path(name).exists()
+    if cached and model_location(name, folder).resolve() == located.resolve():
         return name
-    absolute, folder = located.resolve(), recipe_dir.resolve()
+    # the model's own name kept (a symlinked model stays the link), its folder resolved
+    absolute = located.absolute().parent.resolve() / located.name
     try:
         shared = Path(os.path.commonpath([absolute, folder]))
     except ValueError:  # another drive (Windows)
@@ -65,15 +71,15 @@ def render(init: InitModels, recipe_path: Path, generations: int) -> str:
         if init.base
         else ""
     )
-    layers = f"of the inputs' {init.layers} decoder layers" if init.layers else "decoder layers"
+    layers = f"of the inputs' {init.layers} decoder layers" if init.layers else "of all layers"
     return f"""\
 # Made by `evomerge recipe init` for three {init.architecture} fine-tunes{of_base}
 # ({init.param_count / 1e6:,.1f}M parameters each): CMA-ES over per-layer-group merge weights
 # (docs/search.md), scored on the demo perplexity and cloze tasks, which any tokenizer
 # scores. To weigh your own lm-eval task too, see docs/recipes.md, "Your own fine-tunes
 # and your own task". Check it, then run it:
-#   evomerge recipe validate {recipe_path.name}
-#   evomerge recipe run {recipe_path.name}
+#   evomerge recipe validate {shlex.quote(str(recipe_path))}
+#   evomerge recipe run {shlex.quote(str(recipe_path))}
 name: {_scalar(name)}
 inputs:
   models:
@@ -109,4 +115,4 @@ def _scalar(text: str) -> str:
         same = False
     if same and ": " not in text and " #" not in text:
         return text
-    return yaml.safe_dump(text, default_style='"').strip()
+    return yaml.safe_dump(text, default_style='"', width=float("inf")).strip()
