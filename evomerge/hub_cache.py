@@ -56,3 +56,13 @@ def not_cached_hint(name: str | Path) -> str:
         f"its main revision, and evomerge downloads nothing; fetch it first, e.g. "
         f"`hf download {name}`)"
     )
+
+
+def model_dir(name: str) -> Path:
+    """``name`` (a path from the working dir, or a cached repo id) as a model dir; a
+    ValueError saying why not, for the caller to prefix with its option."""
+    where = model_location(name)
+    if not where.is_dir():
+        hint = "" if where.exists() else not_cached_hint(name)
+        raise ValueError(f"{name}: not a directory (expected a save_pretrained model dir){hint}")
+    return where

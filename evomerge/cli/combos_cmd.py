@@ -62,17 +62,14 @@ def _locate(names: list[str], base: str | None) -> tuple[list[str], str | None]:
     """Each model named as a dir: itself, or a Hugging Face repo id's cached snapshot
     (evomerge/hub_cache.py); one that is neither is a one-line error (a typo would
     otherwise surface mid-merge)."""
-    from evomerge.hub_cache import model_location, not_cached_hint
+    from evomerge.hub_cache import model_dir
 
     found: list[str] = []
     for flag, name in [*(("--models", n) for n in names), *([("--base", base)] if base else [])]:
-        where = model_location(name)
-        if not where.is_dir():
-            hint = "" if where.exists() else not_cached_hint(name)
-            raise _fail(
-                f"{flag}: {name}: not a directory (expected a save_pretrained model dir){hint}"
-            )
-        found.append(str(where))
+        try:
+            found.append(str(model_dir(name)))
+        except ValueError as exc:
+            raise _fail(f"{flag}: {exc}") from None
     return found[: len(names)], (found[-1] if base else None)
 
 

@@ -152,7 +152,7 @@ def init_cmd(
     from evomerge.evolution.recipe import RecipeError, load_recipe
     from evomerge.evolution.recipe_init import InitModels, recipe_name, render, written_path
     from evomerge.evolution.validate import InputValidationError, validate_inputs
-    from evomerge.hub_cache import model_location, not_cached_hint
+    from evomerge.hub_cache import model_dir
     from evomerge.run.preflight import check_output, preflight
     from evomerge.search.genome import decoder_layers
 
@@ -177,13 +177,10 @@ def init_cmd(
     named = [("--models", m) for m in models] + ([("--base", base)] if base else [])
     located: list[Path] = []
     for flag, name in named:
-        where = model_location(name)
-        if not where.is_dir():
-            hint = "" if where.exists() else not_cached_hint(name)
-            raise fail(
-                f"{flag}: {name}: not a directory (expected a save_pretrained model dir){hint}"
-            )
-        located.append(where)
+        try:
+            located.append(model_dir(name))
+        except ValueError as exc:
+            raise fail(f"{flag}: {exc}") from None
     try:
         found = validate_inputs(
             located[:3],
