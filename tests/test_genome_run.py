@@ -13,9 +13,11 @@ from test_recipe_run import _recipe, check_model_card
 from typer.testing import CliRunner
 
 from evomerge.cli import app
+from evomerge.evolution.checkpoint import Checkpoint, CheckpointError
 from evomerge.evolution.recipe import load_recipe
 from evomerge.evolution.run import Run
 from evomerge.run import search as search_module
+from evomerge.run.context import recipe_hash, recipe_identity
 
 CMAES: dict[str, Any] = {
     "generations": 2,
@@ -145,6 +147,12 @@ def test_checkpoint_is_genomes_not_weights_and_resume_gives_the_same_champion(
     assert saved["generation"] == 1
     assert not list(checkpoint.glob("*.safetensors"))  # no weights: genomes and scores only
     assert sum(f.stat().st_size for f in checkpoint.iterdir()) < 1_000_000
+    changed = recipe.model_copy(deep=True)
+    changed.fitness.max_items = 5  # a refused resume names what changed
+    with pytest.raises(
+        CheckpointError, match=r"recipe: fitness\.max_items: 8 in the checkpoint, 5 now;"
+    ):
+        Checkpoint(tmp_path / "killed").load_state(recipe_hash(changed), recipe_identity(changed))
     got = Run(recipe, resume=True, progress=False, log=lambda s: None).execute().result
     assert got["champion_lineage"][-1]["id"] == full["champion_lineage"][-1]["id"]
     assert got["fitness"] == full["fitness"]

@@ -182,6 +182,11 @@ def test_a_local_dir_wins_over_a_repo_id(hub_cache: dict[str, Path], tmp_path: P
         ("/abs/path", False),
         ("name", False),
         ("org/name.", False),
+        ("org/name@main", True),
+        (f"org/name@{COMMIT}", True),
+        ("org/name@refs/pr/1", True),
+        ("org/name@", False),
+        ("org/name@a@b", False),
     ],
 )
 def test_what_reads_as_a_repo_id(name: str, repo: bool) -> None:
@@ -213,3 +218,64 @@ def test_recipe_init_writes_a_path_where_a_dir_would_shadow_the_repo_id(
     text = recipe.read_text()
     assert "    - org/ft-2\n" in text and "    - org/ft-1\n" not in text
     assert load_recipe(recipe).inputs.models == [hub_cache[f"org/ft-{i}"] for i in (1, 2, 3)]
+
+
+def _move_main(entry: Path, src: Path, commit: str) -> Path:
+    """A newer revision of a cached repo: its snapshot beside the old one, refs/main moved."""
+    snapshot = entry / "snapshots" / commit
+    shutil.copytree(src, snapshot)
+    (entry / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_pinned_revision_and_a_resume_after_main_moved(
+    hub_cache: dict[str, Path], tmp_path: Path
+) -> None:
+    """``org/name@REV`` reads that cached revision (mergekit's spelling); when refs/main moves
+    under a run, --resume names the input and the pin that resumes it, and the pinned
+    recipe resumes (same identity as the run's)."""
+    from evomerge.evolution.checkpoint import Checkpoint, CheckpointError
+    from evomerge.hub_cache import cached_snapshot
+    from evomerge.run.context import recipe_hash, recipe_identity
+
+    models = ["org/ft-1", "org/ft-2", "org/ft-3"]
+    before = load_recipe(_recipe(tmp_path, models, "org/base"))
+    checkpoint = Checkpoint(tmp_path / "out")
+    checkpoint.save_state({"recipe_hash": recipe_hash(before), "recipe": recipe_identity(before)})
+
+    newer = "fedcba9876543210fedcba9876543210fedcba98"
+    moved = _move_main(hub_cache["org/ft-2"].parents[1], hub_cache["org/ft-1"], newer)
+    assert cached_snapshot("org/ft-2") == moved
+    assert cached_snapshot(f"org/ft-2@{COMMIT}") == hub_cache["org/ft-2"]
+    assert cached_snapshot("org/ft-2@main") == moved
+    assert cached_snapshot("org/ft-2@" + "9" * 40) is None
+
+    after = load_recipe(_recipe(tmp_path, models, "org/base"))
+    with pytest.raises(CheckpointError) as refused:
+        checkpoint.load_state(recipe_hash(after), recipe_identity(after))
+    assert (
+        f"inputs.models[1]: org/ft-2 now resolves to cached revision {newer[:12]}, the "
+        f"checkpoint's was {COMMIT[:12]} (write org/ft-2@{COMMIT} to resume it)"
+    ) in str(refused.value)
+
+    pinned = load_recipe(
+        _recipe(tmp_path, ["org/ft-1", f"org/ft-2@{COMMIT}", "org/ft-3"], "org/base")
+    )
+    assert pinned.inputs.models[1] == hub_cache["org/ft-2"]
+    assert checkpoint.load_state(recipe_hash(pinned), recipe_identity(pinned))["recipe_hash"]
+
+
+def test_an_uncached_revision_says_how_to_fetch_it(
+    hub_cache: dict[str, Path], tmp_path: Path
+) -> None:
+    name = "org/ft-1@" + "9" * 40
+    result = CliRunner().invoke(
+        app,
+        ["recipe", "validate", str(_recipe(tmp_path, [name, "org/ft-2", "org/ft-3"], "org/base"))],
+    )
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert (
+        f"no complete snapshot of revision {'9' * 40}, and evomerge downloads nothing; fetch "
+        f"it first, e.g. `hf download org/ft-1 --revision {'9' * 40}`)"
+    ) in message

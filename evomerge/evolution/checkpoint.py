@@ -27,6 +27,48 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or from another recipe."""
 
 
+#: Changed recipe fields a refused resume names (the rest are counted).
+SHOWN_CHANGES = 3
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"fitness.tasks[0]": value, ...}``: a recipe dump's fields as the recipe docs name them."""
+    if isinstance(data, Mapping):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in data.items()]
+    elif isinstance(data, list):
+        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(data)]
+    else:
+        return {prefix: data}
+    return {key: val for k, v in items for key, val in _leaves(v, k).items()} or {prefix: data}
+
+
+def recipe_changes(saved: Any, now: Mapping[str, Any] | None) -> list[str]:
+    """What differs between the recipe a checkpoint was written by and this one, one phrase
+    per field; an input whose repo id now resolves to another cached snapshot is named with
+    the pin that resumes it (``org/name@commit``). Empty when either side is unknown (a
+    checkpoint from before the recipe was saved in it)."""
+    from evomerge.hub_cache import snapshot_revision
+
+    if not isinstance(saved, Mapping) or now is None:
+        return []
+    old, new = _leaves(saved), _leaves(now)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        was, is_ = old.get(key), new.get(key)
+        if was == is_:
+            continue
+        pinned, current = snapshot_revision(str(was)), snapshot_revision(str(is_))
+        if pinned and current and pinned[0] == current[0]:
+            changes.append(
+                f"{key}: {pinned[0]} now resolves to cached revision {current[1][:12]}, the "
+                f"checkpoint's was {pinned[1][:12]} (write {pinned[0]}@{pinned[1]} to resume it)"
+            )
+        else:
+            changes.append(f"{key}: {was!r} in the checkpoint, {is_!r} now")
+    more = len(changes) - SHOWN_CHANGES
+    return changes[:SHOWN_CHANGES] + ([f"and {more} more"] if more > 0 else [])
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -117,7 +159,11 @@ class Checkpoint:
         for stale in self.dir.glob("*.safetensors"):
             stale.unlink(missing_ok=True)
 
-    def load_state(self, recipe_hash: str) -> dict[str, Any]:
+    def load_state(
+        self, recipe_hash: str, identity: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The saved state, if the recipe's hash matches; ``identity`` (what was hashed, also
+        saved as the state's ``recipe``) lets a refusal name the fields that changed."""
         path = self.dir / STATE
         try:
             state = json.loads(path.read_text())
@@ -130,9 +176,17 @@ class Checkpoint:
                 f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT}"
             )
         if state.get("recipe_hash") != recipe_hash:
+            changes = recipe_changes(state.get("recipe"), identity)
+            what = (
+                f": {'; '.join(changes)}"
+                if changes
+                else (
+                    f" (hash {str(state.get('recipe_hash'))[:12]}), or an input named by repo id "
+                    "now resolves to another cached revision"
+                )
+            )
             raise CheckpointError(
-                f"{path}: checkpoint was written by a different recipe (hash {str(state.get('recipe_hash'))[:12]}), "
-                "or an input named by repo id now resolves to another cached revision; "
+                f"{path}: checkpoint was written by a different recipe{what}; "
                 "run without --resume or restore the original recipe"
             )
         for name, fname in state["files"].items():

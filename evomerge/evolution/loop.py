@@ -114,6 +114,7 @@ class EvolutionLoop:
         settings: LoopSettings,
         checkpoint: Checkpoint,
         recipe_hash: str,
+        recipe_identity: dict[str, Any] | None = None,
         on_generation: Callable[[dict[str, Any]], None] | None = None,
         on_progress: Callable[[str], None] | None = None,
         score_many: Callable[[list[PreTrainedModel]], list[Score]] | None = None,
@@ -128,6 +129,8 @@ class EvolutionLoop:
         self.settings = settings
         self.checkpoint = checkpoint
         self.recipe_hash = recipe_hash
+        #: What was hashed, saved beside it: a refused --resume names what changed.
+        self.recipe_identity = recipe_identity
         self.on_generation = on_generation or (lambda record: None)
         self.on_progress = on_progress or (lambda msg: None)
         # several processes (accelerate launch) each score a share and gather; see run.py
@@ -210,7 +213,7 @@ class EvolutionLoop:
 
     def resume(self) -> None:
         """Rebuild the population and state from the checkpoint (weights, not re-merging)."""
-        saved = self.checkpoint.load_state(self.recipe_hash)
+        saved = self.checkpoint.load_state(self.recipe_hash, self.recipe_identity)
         self.book = LineageBook.from_json(saved["lineage"])
         self.state = LoopState.from_json(saved["loop"])
         weights = self.checkpoint.load_population(saved)
@@ -314,6 +317,7 @@ class EvolutionLoop:
         state: dict[str, Any] = {
             "generation": self.state.generation,
             "recipe_hash": self.recipe_hash,
+            "recipe": self.recipe_identity,
             "loop": dict(self.state.__dict__),
             "lineage": self.book.to_json(),
             "population": [

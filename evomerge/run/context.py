@@ -57,9 +57,15 @@ class RunContext:
         return self.progress and self.is_main
 
 
-def recipe_hash(recipe: Recipe) -> str:
-    """What must match for --resume: everything but the output dir and the generation count."""
+def recipe_identity(recipe: Recipe) -> dict[str, Any]:
+    """What must match for --resume: everything but the output dir and the generation count
+    (inputs as resolved: a repo id's cached snapshot). Kept in the checkpoint, so a refused
+    resume can name what changed."""
     data = recipe.model_dump(mode="json")
     data.pop("output", None)
     data["evolution"].pop("generations", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe_identity(recipe), sort_keys=True).encode()).hexdigest()

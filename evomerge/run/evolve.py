@@ -20,7 +20,7 @@ from evomerge.evolution.loop import EvolutionLoop, LoopSettings, MergeFn
 from evomerge.evolution.pool import weights
 from evomerge.evolution.recipe import Recipe
 from evomerge.evolution.residency import InputWeights
-from evomerge.run.context import RunContext, recipe_hash
+from evomerge.run.context import RunContext, recipe_hash, recipe_identity
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference
 
@@ -187,6 +187,7 @@ def seed_loop(
         settings=loop_settings(ctx.recipe),
         checkpoint=Checkpoint(ctx.out),
         recipe_hash=recipe_hash(ctx.recipe),
+        recipe_identity=recipe_identity(ctx.recipe),
         on_generation=on_record,
         on_progress=ctx.log,
         score_many=make_score_many(ctx, ref),

@@ -79,13 +79,13 @@ def merge_card(
     ``located``: the dirs read, a repo id's cached snapshot), the config, how to load it."""
     from huggingface_hub import ModelCard
 
-    from evomerge.hub_cache import looks_like_repo_id
+    from evomerge.hub_cache import looks_like_repo_id, split_revision
 
     how = f"combo `{label}`" if label else "a merge config"
     lines, repo_ids = [], []
     for shown, where in zip(given, located, strict=True):
         if shown != where and looks_like_repo_id(shown):  # a snapshot dir: name its revision
-            repo_ids.append(shown)
+            repo_ids.append(split_revision(shown)[0])
             lines.append(f"- `{shown}` (revision {Path(where).name[:12]})")
         else:
             lines.append(f"- `{shown}`")

@@ -35,7 +35,7 @@ from evomerge.evolution.loop import LoopState
 from evomerge.evolution.operators import apply_genome_mutation_, derive_seed
 from evomerge.evolution.pool import weights
 from evomerge.merge.combos import COMBO_LABELS
-from evomerge.run.context import IN_FLIGHT, RunContext, recipe_hash
+from evomerge.run.context import IN_FLIGHT, RunContext, recipe_hash, recipe_identity
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference, fitness_config, fitness_suite
 from evomerge.search.genome import Genome, decoder_layers, genome_config, layer_group_filters
@@ -122,6 +122,7 @@ class GenomeLoop:
         self.settings = evo
         self.checkpoint = Checkpoint(ctx.out)
         self.recipe_hash = recipe_hash(ctx.recipe)
+        self.recipe_identity = recipe_identity(ctx.recipe)
         self.state = LoopState()
         self.book = LineageBook()
         self.history: list[Scored] = []
@@ -284,7 +285,7 @@ class GenomeLoop:
     def resume(self) -> None:
         from evomerge.search.strategy import find_strategy
 
-        saved = self.checkpoint.load_state(self.recipe_hash)
+        saved = self.checkpoint.load_state(self.recipe_hash, self.recipe_identity)
         if saved.get("search", {}).get("format") != STATE_FORMAT:
             raise ValueError(f"{self.checkpoint.dir}: not a genome-strategy checkpoint")
         search = saved["search"]
@@ -369,6 +370,7 @@ class GenomeLoop:
         state = {
             "generation": self.state.generation,
             "recipe_hash": self.recipe_hash,
+            "recipe": self.recipe_identity,
             "loop": dict(self.state.__dict__),
             "lineage": self.book.to_json(),
             "search": {
