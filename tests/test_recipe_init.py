@@ -108,3 +108,58 @@ def test_init_reads_back_what_it_checked(real_family, tmp_path: Path) -> None:  
     assert code == 2 and output.startswith("error: output: ")
     assert "runs/taken exists and is not a directory" in output
     assert not (tmp_path / "taken.yaml").exists() and not (tmp_path / "b.yaml").exists()
+
+
+def test_init_with_the_users_own_task(real_family, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--task-dir/--task/--test-task write recipes/local-finetunes.yaml's fitness block: the
+    task as a weighted term, searched on one task and reported on its held-out twin; bad
+    task options are refused before anything is written, naming the option."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the example task's data_files are relative to the repo root
+    family = real_family("llama")
+    tasks = repo / "recipes" / "tasks"
+    recipe = tmp_path / "mine.yaml"
+    own = ["--task-dir", str(tasks), "--task", "example_mcq", "--test-task", "example_mcq_test"]
+    code, output = _init(recipe, "--models", *family.models, "--base", family.base, *own)
+    assert code == 0, output
+    text = recipe.read_text()
+    assert "on your own lm-eval task example_mcq (its acc; held out:\n# example_mcq_test)" in text
+    assert f"relative data_files from the working directory:\n# run it from {repo}." in text
+    loaded = load_recipe(recipe)
+    (spec,) = loaded.fitness.task_metrics
+    assert (spec.name, spec.task, spec.test_task, spec.metric) == (
+        "example_mcq",
+        "example_mcq",
+        "example_mcq_test",
+        "acc",
+    )
+    assert loaded.fitness.task_dirs == [tasks]
+    assert loaded.fitness.weights == {"perplexity": 0.4, "accuracy": 0.2, "example_mcq": 0.4}
+    assert CliRunner().invoke(app, ["recipe", "validate", str(recipe)]).exit_code == 0
+
+    models = ["--models", *family.models]
+    refused = tmp_path / "refused.yaml"
+    for args, message in [
+        (own[:4], "error: --task-dir, --task and --test-task go together: give all three or none"),
+        (
+            [*own[:5], "nope"],
+            f"error: --test-task: unknown task 'nope': not defined in {tasks} (it has: "
+            "example_mcq, example_mcq_test)",
+        ),
+        (
+            [*own[:5], "example_mcq"],
+            "error: --test-task: 'example_mcq' is --task too; the held-out report needs a task "
+            "of documents the search never scored",
+        ),
+        (
+            [*own, "--metric", "f1"],
+            "error: --metric: 'f1' is not in example_mcq's metric_list (acc)",
+        ),
+    ]:
+        code, output = _init(refused, *models, *args)
+        assert (code, output) == (2, message)
+    monkeypatch.chdir(tmp_path)  # lm-eval would not find the data files from here
+    code, output = _init(refused, *models, *own)
+    assert code == 2 and output.startswith(f"error: --task: {tasks / 'example_mcq.yaml'}: ")
+    assert "(relative to the working directory" in output
+    assert not refused.exists()

@@ -139,18 +139,36 @@ def init_cmd(
         None, "--base", help="Their common ancestor (enables task-arithmetic genes)."
     ),
     generations: int = typer.Option(8, "--generations", help="CMA-ES generations."),
+    task_dir: Path | None = typer.Option(
+        None, "--task-dir", help="A folder of your own lm-eval task YAMLs (with --task)."
+    ),
+    task: str | None = typer.Option(
+        None, "--task", help="Your lm-eval task, scored during the search (a weighted term)."
+    ),
+    test_task: str | None = typer.Option(
+        None, "--test-task", help="Its held-out twin, scored only in the final report."
+    ),
+    metric: str = typer.Option("acc", "--metric", help="The task's metric (its metric_list)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     """Write a commented recipe for three fine-tunes: CMA-ES over per-layer-group merge
-    weights, the demo tasks, the layer groups fitted to the inputs; their files are checked
-    (headers only) first, and the run's memory plan is printed."""
+    weights, the demo tasks (and your own lm-eval task with --task-dir/--task/--test-task),
+    the layer groups fitted to the inputs; their files are checked (headers only) first,
+    and the run's memory plan is printed."""
     import os
 
     from rich.console import Console
     from rich.markup import escape
 
     from evomerge.evolution.recipe import RecipeError, load_recipe
-    from evomerge.evolution.recipe_init import InitModels, recipe_name, render, written_path
+    from evomerge.evolution.recipe_init import (
+        InitModels,
+        InitTask,
+        recipe_name,
+        render,
+        task_problem,
+        written_path,
+    )
     from evomerge.evolution.validate import InputValidationError, validate_inputs
     from evomerge.hub_cache import model_dir
     from evomerge.run.preflight import check_output, preflight
@@ -169,6 +187,15 @@ def init_cmd(
         raise fail(f"{recipe_path}: {what}")
     if not recipe_path.parent.is_dir():
         raise fail(f"{recipe_path}: no such directory {recipe_path.parent}")
+    own_task = (task_dir, task, test_task)
+    if any(v is not None for v in own_task) and not all(v is not None for v in own_task):
+        raise fail("--task-dir, --task and --test-task go together: give all three or none")
+    own = None
+    if task_dir is not None and task is not None and test_task is not None:
+        if problem := task_problem(task_dir, task, test_task, metric):
+            raise fail(problem)
+        where = written_path(str(task_dir), task_dir, recipe_path.parent)
+        own = InitTask(where, task, test_task, metric, run_from=str(Path.cwd()))
     output = recipe_path.parent.resolve() / "runs" / recipe_name(recipe_path)
     try:
         check_output(output)  # the recipe's output: a dir or nothing yet
@@ -208,7 +235,7 @@ def init_cmd(
     # then moved into place: a failure leaves the old file, and no temporary one
     staged = recipe_path.with_name(f".tmp-{recipe_path.name}")
     try:
-        staged.write_text(render(init, recipe_path, generations), encoding="utf-8")
+        staged.write_text(render(init, recipe_path, generations, own), encoding="utf-8")
         recipe = load_recipe(staged)
         read = [*(recipe.inputs.models or []), recipe.inputs.base_model]
         if [Path(p).resolve() for p in read if p is not None] != [p.resolve() for p in located]:

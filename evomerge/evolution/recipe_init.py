@@ -31,6 +31,55 @@ class InitModels:
     param_count: int
 
 
+@dataclass(frozen=True)
+class InitTask:
+    """The user's own lm-eval task as a weighted term (``fitness.task_metrics``)."""
+
+    task_dir: str  # as the recipe names it (relative to its folder, or absolute)
+    task: str  # scored during the search
+    test_task: str  # scored only in the held-out report
+    metric: str
+    #: Where `recipe init` found the task's data files: lm-eval reads a relative
+    #: ``data_files`` path from the working directory, so the run must start there too.
+    run_from: str
+
+    @property
+    def term(self) -> str:
+        """The term's key in ``fitness.weights``: the task's name (the built-in terms'
+        names, perplexity / accuracy / speed / memory, are taken: then ``TASK_METRIC``)."""
+        from evomerge.fitness.terms import registered_fitness_terms
+
+        taken = set(registered_fitness_terms())
+        return self.task if self.task not in taken else f"{self.task}_{self.metric}"
+
+
+def task_problem(task_dir: Path, task: str, test_task: str, metric: str) -> str | None:
+    """Why the recipe could not score ``task`` / ``test_task`` from ``task_dir``, naming the
+    option, or None: the checks `recipe validate` makes, before anything is written, plus
+    the metric being one the task's YAML lists."""
+    from evomerge.evolution.recipe_check import missing_data_files, task_files_in
+
+    if not task_dir.is_dir():
+        return f"--task-dir: {task_dir}: not a directory"
+    if task == test_task:
+        return (
+            f"--test-task: {test_task!r} is --task too; the held-out report needs a task of "
+            "documents the search never scored"
+        )
+    found = task_files_in(task_dir)
+    for flag, name in (("--task", task), ("--test-task", test_task)):
+        if name not in found:
+            known = ", ".join(sorted(found)) or "none"
+            return f"{flag}: unknown task {name!r}: not defined in {task_dir} (it has: {known})"
+        if problem := missing_data_files(*found[name]):
+            return f"{flag}: {problem}"
+        listed = found[name][1].get("metric_list")
+        metrics = [m.get("metric") for m in listed or [] if isinstance(m, dict)]
+        if metrics and metric not in metrics:
+            return f"--metric: {metric!r} is not in {name}'s metric_list ({', '.join(map(str, metrics))})"
+    return None
+
+
 def recipe_name(recipe_path: Path) -> str:
     """The run's name: the recipe file's stem (also the default output dir's name)."""
     return recipe_path.stem.replace(" ", "-") or "evomerge"
@@ -59,7 +108,9 @@ def written_path(name: str, located: Path, recipe_dir: Path) -> str:
     return os.path.relpath(absolute, folder)
 
 
-def render(init: InitModels, recipe_path: Path, generations: int) -> str:
+def render(
+    init: InitModels, recipe_path: Path, generations: int, task: InitTask | None = None
+) -> str:
     """The recipe's text."""
     name = recipe_name(recipe_path)
     groups = min(LAYER_GROUPS, init.layers) if init.layers else 1
@@ -76,8 +127,7 @@ def render(init: InitModels, recipe_path: Path, generations: int) -> str:
 # Made by `evomerge recipe init` for three {init.architecture} fine-tunes{of_base}
 # ({init.param_count / 1e6:,.1f}M parameters each): CMA-ES over per-layer-group merge weights
 # (docs/search.md), scored on the demo perplexity and cloze tasks, which any tokenizer
-# scores. To weigh your own lm-eval task too, see docs/recipes.md, "Your own fine-tunes
-# and your own task". Check it, then run it:
+# scores{_task_header(task)}. Check it, then run it:
 #   evomerge recipe validate {shlex.quote(str(recipe_path))}
 #   evomerge recipe run {shlex.quote(str(recipe_path))}
 name: {_scalar(name)}
@@ -92,9 +142,7 @@ inputs:
   strategy_options: {{popsize: 8, sigma0: 0.075}}
   seed: 0
 fitness:
-  # speed and memory are equal for merges of one architecture, so they carry no weight
-  weights: {{perplexity: 0.6, accuracy: 0.4}}
-  max_items: 32                        # documents per task and generation (a fresh sample each)
+{_task_fitness(task)}  max_items: 32                        # documents per task and generation (a fresh sample each)
   report_max_items: 64                 # held-out documents per task in the final report
   min_improvement: 0.05                # the target over the inputs' mean, held out
 tracking: {{wandb_mode: offline, project: evomerge}}
@@ -103,6 +151,47 @@ tracking: {{wandb_mode: offline, project: evomerge}}
 device: {{device: auto, storage: auto, inputs: auto}}
 output: {_scalar("runs/" + name)}
 """
+
+
+def _task_header(task: InitTask | None) -> str:
+    if task is None:
+        return (
+            '. To weigh your own lm-eval task too, see docs/recipes.md, "Your own\n'
+            '# fine-tunes and your own task" (or `recipe init --task-dir DIR --task T --test-task H`)'
+        )
+    return (
+        f", and on your own lm-eval task {task.task} (its {task.metric}; held out:\n"
+        f"# {task.test_task}). lm-eval reads a task's relative data_files from the working "
+        f"directory:\n# run it from {task.run_from}"
+    )
+
+
+def _task_fitness(task: InitTask | None) -> str:
+    """The fitness block's terms: the demo tasks, plus the user's task when given."""
+    if task is None:
+        return (
+            "  # speed and memory are equal for merges of one architecture, so they carry no "
+            "weight\n  weights: {perplexity: 0.6, accuracy: 0.4}\n"
+        )
+    return f"""\
+  task_dirs: [{_scalar(task.task_dir)}]
+  task_metrics:
+    - name: {_scalar(task.term)}
+      task: {_scalar(task.task)}             # scored during the search
+      test_task: {_scalar(task.test_task)}   # scored only in the held-out report
+      metric: {_scalar(task.metric)}
+  # the demo perplexity and cloze tasks plus your task; speed and memory are equal for
+  # merges of one architecture, so they carry no weight
+  weights: {{perplexity: 0.4, accuracy: 0.2, {_flow_key(task.term)}: 0.4}}
+"""
+
+
+def _flow_key(text: str) -> str:
+    """``text`` as a key in a flow mapping (``{a: 1}``), where commas and brackets end it."""
+    import json
+    import re
+
+    return text if re.fullmatch(r"[A-Za-z_][\w.-]*", text) else json.dumps(text)
 
 
 def _scalar(text: str) -> str:
