@@ -15,7 +15,9 @@ from pathlib import Path
 
 #: ``org/name`` as the Hub spells a repo id (no third part, no leading dot or slash),
 #: optionally ``@REVISION`` (a commit hash, or a branch or tag name), as mergekit reads it.
-_REPO_ID = re.compile(r"([A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@([\w./-]{1,255}))?")
+_REPO_ID = re.compile(
+    r"([A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@([A-Za-z0-9_][\w.+/-]{0,254}))?"
+)
 
 #: A cached snapshot dir: ``.../models--ORG--NAME/snapshots/COMMIT``.
 _SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")

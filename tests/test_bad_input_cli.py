@@ -384,3 +384,28 @@ def test_staged_dir_replaces_only_on_success(tmp_path: Path) -> None:
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "needle"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted: the last finished generation is checkpointed"),
+        (RuntimeError("boom"), 3, "the run stopped on an unexpected error (above; exit 3"),
+    ],
+)
+def test_a_run_that_stops_never_exits_1(
+    raised: BaseException, code: int, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 means "finished below target" to a script; an interrupt or a crash says otherwise
+    (click's own code for both is 1), and how to continue."""
+    from evomerge.run import Run
+
+    def stop(self: Run) -> None:
+        raise raised
+
+    monkeypatch.setattr(Run, "execute", stop)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == code, result.output
+    assert needle in " ".join(result.output.split())
+    assert "--resume" in result.output

@@ -156,6 +156,33 @@ def test_checkpoint_from_other_recipe_is_a_clear_error(tmp_path: Path, batch: to
         Checkpoint(tmp_path).load_state("test")
 
 
+def test_a_refused_resume_names_what_changed() -> None:
+    """Each changed field once, at the deepest level both recipes share: a list that grew is
+    one change (not "None" entries), a dropped field is "absent", 1 vs 1.0 (a new hash) is
+    named; moved repo pins come first, all of them, then up to SHOWN_CHANGES others."""
+    from evomerge.evolution.checkpoint import recipe_changes
+
+    old = {"fitness": {"task_dirs": [], "max_items": 8, "x": 1}, "evolution": {"sigma0": 1}}
+    new = {"fitness": {"task_dirs": ["/r/tasks"], "max_items": 8}, "evolution": {"sigma0": 1.0}}
+    assert recipe_changes(old, new) == [
+        "evolution.sigma0: 1 in the checkpoint, 1.0 now",
+        'fitness.task_dirs: [] in the checkpoint, ["/r/tasks"] now',
+        "fitness.x: 1 in the checkpoint, absent now",
+    ]
+    a, b = "a" * 40, "b" * 40
+    old = {"m": [f"o/m{i}@{a}" for i in range(4)], "o": {str(i): i for i in range(4)}}
+    new = {"m": [f"o/m{i}@{b}" for i in range(4)], "o": {str(i): i + 10 for i in range(4)}}
+    changes = recipe_changes(old, new)
+    assert [c.split(":")[0] for c in changes] == [
+        "m[0]", "m[1]", "m[2]", "m[3]", "o.0", "o.1", "o.2", "and 1 more"
+    ]  # fmt: skip
+    assert changes[0] == (
+        f"m[0]: o/m0 now resolves to cached revision {b[:12]}, the checkpoint's was "
+        f"{a[:12]} (write o/m0@{a} to resume it)"
+    )
+    assert recipe_changes(None, new) == [] and recipe_changes(old, None) == []
+
+
 def test_pool_refuses_a_thirteenth_model() -> None:
     pool = ModelPool(_factory, capacity=2)
     pool.acquire()

@@ -187,6 +187,8 @@ def test_a_local_dir_wins_over_a_repo_id(hub_cache: dict[str, Path], tmp_path: P
         ("org/name@refs/pr/1", True),
         ("org/name@", False),
         ("org/name@a@b", False),
+        ("org/name@-x", False),
+        ("org/name@feature+x", True),
     ],
 )
 def test_what_reads_as_a_repo_id(name: str, repo: bool) -> None:
@@ -279,3 +281,26 @@ def test_an_uncached_revision_says_how_to_fetch_it(
         f"no complete snapshot of revision {'9' * 40}, and evomerge downloads nothing; fetch "
         f"it first, e.g. `hf download org/ft-1 --revision {'9' * 40}`)"
     ) in message
+
+
+def test_the_same_revisions_from_another_cache_dir_resume(
+    hub_cache: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint names cached inputs as ``org/name@commit``: the same files in a moved
+    cache (another HF_HOME) resume; the snapshot dirs themselves differ."""
+    import huggingface_hub.constants
+
+    from evomerge.evolution.checkpoint import Checkpoint
+    from evomerge.run.context import recipe_hash, recipe_identity
+
+    models = ["org/ft-1", "org/ft-2", "org/ft-3"]
+    before = load_recipe(_recipe(tmp_path, models, "org/base"))
+    assert recipe_identity(before)["inputs"]["models"][1] == f"org/ft-2@{COMMIT}"
+    checkpoint = Checkpoint(tmp_path / "out")
+    checkpoint.save_state({"recipe_hash": recipe_hash(before), "recipe": recipe_identity(before)})
+    moved = tmp_path / "moved-cache"
+    shutil.copytree(hub_cache["org/ft-1"].parents[2], moved)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(moved))
+    after = load_recipe(_recipe(tmp_path, models, "org/base"))
+    assert after.inputs.models != before.inputs.models
+    assert checkpoint.load_state(recipe_hash(after), recipe_identity(after))

@@ -155,6 +155,10 @@ def test_init_with_the_users_own_task(real_family, tmp_path: Path, monkeypatch) 
             [*own, "--metric", "f1"],
             "error: --metric: 'f1' is not in example_mcq's metric_list (acc)",
         ),
+        (
+            ["--metric", "acc"],
+            "error: --metric names the metric of --task: give --task-dir, --task and --test-task",
+        ),
     ]:
         code, output = _init(refused, *models, *args)
         assert (code, output) == (2, message)
@@ -163,3 +167,31 @@ def test_init_with_the_users_own_task(real_family, tmp_path: Path, monkeypatch) 
     assert code == 2 and output.startswith(f"error: --task: {tasks / 'example_mcq.yaml'}: ")
     assert "(relative to the working directory" in output
     assert not refused.exists()
+
+
+def test_init_quotes_task_names_and_dirs_yaml_would_misread(
+    real_family, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A task folder named ``tasks,v2`` and tasks named ``on`` / ``yes`` (YAML 1.1 booleans):
+    the recipe reads back that folder and those names."""
+    family = real_family("llama")
+    folder = tmp_path / "tasks,v2"
+    folder.mkdir()
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"context": "a", "choices": ["b", "c"], "label": 0}\n')
+    for name in ("on", "yes"):
+        (folder / f"{name}.yaml").write_text(
+            f"task: '{name}'\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+            f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+            "doc_to_text: context\ndoc_to_choice: choices\ndoc_to_target: label\n"
+            "metric_list:\n  - metric: acc\n"
+        )
+    recipe = tmp_path / "odd.yaml"
+    args = ["--task-dir", str(folder), "--task", "on", "--test-task", "yes"]
+    code, output = _init(recipe, "--models", *family.models, *args)
+    assert code == 0, output
+    loaded = load_recipe(recipe)
+    assert loaded.fitness.task_dirs == [folder]
+    (spec,) = loaded.fitness.task_metrics
+    assert (spec.name, spec.task, spec.test_task) == ("on", "on", "yes")
+    assert loaded.fitness.weights == {"perplexity": 0.4, "accuracy": 0.2, "on": 0.4}

@@ -148,7 +148,9 @@ def init_cmd(
     test_task: str | None = typer.Option(
         None, "--test-task", help="Its held-out twin, scored only in the final report."
     ),
-    metric: str = typer.Option("acc", "--metric", help="The task's metric (its metric_list)."),
+    metric: str | None = typer.Option(
+        None, "--metric", help="The task's metric, from its metric_list (default: acc)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     """Write a commented recipe for three fine-tunes: CMA-ES over per-layer-group merge
@@ -190,12 +192,14 @@ def init_cmd(
     own_task = (task_dir, task, test_task)
     if any(v is not None for v in own_task) and not all(v is not None for v in own_task):
         raise fail("--task-dir, --task and --test-task go together: give all three or none")
+    if metric is not None and task is None:
+        raise fail("--metric names the metric of --task: give --task-dir, --task and --test-task")
     own = None
     if task_dir is not None and task is not None and test_task is not None:
-        if problem := task_problem(task_dir, task, test_task, metric):
+        if problem := task_problem(task_dir, task, test_task, metric or "acc"):
             raise fail(problem)
         where = written_path(str(task_dir), task_dir, recipe_path.parent)
-        own = InitTask(where, task, test_task, metric, run_from=str(Path.cwd()))
+        own = InitTask(where, task, test_task, metric or "acc", run_from=str(Path.cwd()))
     output = recipe_path.parent.resolve() / "runs" / recipe_name(recipe_path)
     try:
         check_output(output)  # the recipe's output: a dir or nothing yet
@@ -240,6 +244,9 @@ def init_cmd(
         read = [*(recipe.inputs.models or []), recipe.inputs.base_model]
         if [Path(p).resolve() for p in read if p is not None] != [p.resolve() for p in located]:
             raise RecipeError(f"its models resolve to {read}, not {located}")
+        dirs = [Path(p).resolve() for p in recipe.fitness.task_dirs]
+        if own is not None and task_dir is not None and dirs != [task_dir.resolve()]:
+            raise RecipeError(f"its fitness.task_dirs resolve to {dirs}, not {task_dir}")
         os.replace(staged, recipe_path)
     except RecipeError as exc:  # a bug here, not bad input
         raise fail(f"internal: the recipe written does not read back: {exc}") from None
@@ -284,8 +291,8 @@ def run_cmd(
 
     from evomerge.evolution.checkpoint import CheckpointError
     from evomerge.evolution.recipe import RecipeError
-    from evomerge.evolution.run import EXIT_BAD_INPUT, Run
     from evomerge.evolution.validate import InputValidationError
+    from evomerge.run import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED, Run
 
     console = Console()
     err = Console(stderr=True)
@@ -300,6 +307,23 @@ def run_cmd(
     except (RecipeError, InputValidationError, CheckpointError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: the last finished generation is checkpointed; "
+            "`evomerge recipe run ... --resume` continues from it",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        err.print(
+            f"[red]error:[/red] the run stopped on an unexpected error (above; exit "
+            f"{EXIT_CRASH}, a bug to report); `--resume` continues from the last checkpoint",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_CRASH) from None
     result = outcome.result
     if not result:  # a non-main process of `accelerate launch`: the main one reports
         raise typer.Exit(outcome.exit_code)

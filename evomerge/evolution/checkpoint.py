@@ -27,46 +27,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or from another recipe."""
 
 
-#: Changed recipe fields a refused resume names (the rest are counted).
+#: Changed recipe fields a refused resume names besides the inputs' pins (all of those
+#: are named); the rest are counted.
 SHOWN_CHANGES = 3
+#: Longest value a change shows.
+SHOWN_CHARS = 80
+
+_ABSENT = object()
 
 
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"fitness.tasks[0]": value, ...}``: a recipe dump's fields as the recipe docs name them."""
-    if isinstance(data, Mapping):
-        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in data.items()]
-    elif isinstance(data, list):
-        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(data)]
-    else:
-        return {prefix: data}
-    return {key: val for k, v in items for key, val in _leaves(v, k).items()} or {prefix: data}
+def _shown(value: Any) -> str:
+    if value is _ABSENT:
+        return "absent"
+    text = json.dumps(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _differences(old: Any, new: Any, where: str, out: list[tuple[str, Any, Any]]) -> None:
+    """(field, old, new) for each difference, at the deepest field both sides share: a list
+    that grew or shrank, or a field added or dropped, is one difference."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(old.keys() | new.keys(), key=str):
+            field = f"{where}.{key}" if where else str(key)
+            _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), field, out)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            _differences(a, b, f"{where}[{i}]", out)
+    elif old is _ABSENT or new is _ABSENT or json.dumps(old) != json.dumps(new):  # 1 vs 1.0
+        out.append((where, old, new))
 
 
 def recipe_changes(saved: Any, now: Mapping[str, Any] | None) -> list[str]:
     """What differs between the recipe a checkpoint was written by and this one, one phrase
-    per field; an input whose repo id now resolves to another cached snapshot is named with
+    per field; an input whose repo id now resolves to another cached revision first, with
     the pin that resumes it (``org/name@commit``). Empty when either side is unknown (a
     checkpoint from before the recipe was saved in it)."""
-    from evomerge.hub_cache import snapshot_revision
+    from evomerge.hub_cache import split_revision
 
     if not isinstance(saved, Mapping) or now is None:
         return []
-    old, new = _leaves(saved), _leaves(now)
-    changes = []
-    for key in sorted(old.keys() | new.keys()):
-        was, is_ = old.get(key), new.get(key)
-        if was == is_:
-            continue
-        pinned, current = snapshot_revision(str(was)), snapshot_revision(str(is_))
-        if pinned and current and pinned[0] == current[0]:
-            changes.append(
-                f"{key}: {pinned[0]} now resolves to cached revision {current[1][:12]}, the "
-                f"checkpoint's was {pinned[1][:12]} (write {pinned[0]}@{pinned[1]} to resume it)"
+    found: list[tuple[str, Any, Any]] = []
+    _differences(saved, now, "", found)
+    pins, others = [], []
+    for field, was, is_ in found:
+        (repo, old_rev), (repo_now, new_rev) = split_revision(str(was)), split_revision(str(is_))
+        if old_rev and new_rev and repo == repo_now:
+            pins.append(
+                f"{field}: {repo} now resolves to cached revision {new_rev[:12]}, the "
+                f"checkpoint's was {old_rev[:12]} (write {repo}@{old_rev} to resume it)"
             )
         else:
-            changes.append(f"{key}: {was!r} in the checkpoint, {is_!r} now")
-    more = len(changes) - SHOWN_CHANGES
-    return changes[:SHOWN_CHANGES] + ([f"and {more} more"] if more > 0 else [])
+            others.append(f"{field}: {_shown(was)} in the checkpoint, {_shown(is_)} now")
+    more = len(others) - SHOWN_CHANGES
+    return pins + others[:SHOWN_CHANGES] + ([f"and {more} more"] if more > 0 else [])
 
 
 def _fsync_dir(path: Path) -> None:

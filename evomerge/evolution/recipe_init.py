@@ -55,8 +55,8 @@ class InitTask:
 
 def task_problem(task_dir: Path, task: str, test_task: str, metric: str) -> str | None:
     """Why the recipe could not score ``task`` / ``test_task`` from ``task_dir``, naming the
-    option, or None: the checks `recipe validate` makes, before anything is written, plus
-    the metric being one the task's YAML lists."""
+    option, or None: what `recipe validate` checks of them (before anything is written),
+    and, beyond it, that the metric is one the tasks' YAML lists."""
     from evomerge.evolution.recipe_check import missing_data_files, task_files_in
 
     if not task_dir.is_dir():
@@ -173,8 +173,10 @@ def _task_fitness(task: InitTask | None) -> str:
             "  # speed and memory are equal for merges of one architecture, so they carry no "
             "weight\n  weights: {perplexity: 0.6, accuracy: 0.4}\n"
         )
+    # block style throughout: in a flow list or mapping a comma or bracket in a name ends it
     return f"""\
-  task_dirs: [{_scalar(task.task_dir)}]
+  task_dirs:
+    - {_scalar(task.task_dir)}
   task_metrics:
     - name: {_scalar(task.term)}
       task: {_scalar(task.task)}             # scored during the search
@@ -182,16 +184,11 @@ def _task_fitness(task: InitTask | None) -> str:
       metric: {_scalar(task.metric)}
   # the demo perplexity and cloze tasks plus your task; speed and memory are equal for
   # merges of one architecture, so they carry no weight
-  weights: {{perplexity: 0.4, accuracy: 0.2, {_flow_key(task.term)}: 0.4}}
+  weights:
+    perplexity: 0.4
+    accuracy: 0.2
+    {_scalar(task.term)}: 0.4
 """
-
-
-def _flow_key(text: str) -> str:
-    """``text`` as a key in a flow mapping (``{a: 1}``), where commas and brackets end it."""
-    import json
-    import re
-
-    return text if re.fullmatch(r"[A-Za-z_][\w.-]*", text) else json.dumps(text)
 
 
 def _scalar(text: str) -> str:

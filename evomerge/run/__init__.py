@@ -9,6 +9,8 @@ from __future__ import annotations
 from evomerge.run.context import (
     EXIT_BAD_INPUT,
     EXIT_BELOW_TARGET,
+    EXIT_CRASH,
+    EXIT_INTERRUPTED,
     EXIT_PASS,
     RESIDENT_LIMIT,
     RunOutcome,
@@ -20,6 +22,8 @@ from evomerge.run.runner import Run
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_BELOW_TARGET",
+    "EXIT_CRASH",
+    "EXIT_INTERRUPTED",
     "EXIT_PASS",
     "RESIDENT_LIMIT",
     "Run",

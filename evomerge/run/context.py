@@ -12,6 +12,10 @@ from typing import Any
 from evomerge.evolution.recipe import Recipe
 
 EXIT_PASS, EXIT_BELOW_TARGET, EXIT_BAD_INPUT = 0, 1, 2
+#: A run stopped by an unexpected error (a bug; its traceback is printed), and one
+#: interrupted (Ctrl-C, 128 + SIGINT as shells report it): never 1, which a script reads
+#: as "finished below target" (Python's and click's own code for both).
+EXIT_CRASH, EXIT_INTERRUPTED = 3, 130
 #: 3 inputs + 8 population slots + 1 merge workspace (see evomerge/evolution/loop.py)
 RESIDENT_LIMIT = 12
 #: candidates a genome strategy materialises at once on one process (evomerge/run/search.py)
@@ -58,12 +62,23 @@ class RunContext:
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """What must match for --resume: everything but the output dir and the generation count
-    (inputs as resolved: a repo id's cached snapshot). Kept in the checkpoint, so a refused
-    resume can name what changed."""
+    """What must match for --resume: everything but the output dir and the generation count,
+    the inputs as resolved (a repo id's cached snapshot as ``org/name@commit``: the same
+    files wherever the cache dir is). Kept in the checkpoint, so a refused resume can name
+    what changed."""
+    from evomerge.hub_cache import snapshot_revision
+
+    def pinned(path: Any) -> Any:
+        found = snapshot_revision(path) if isinstance(path, str) else None
+        return f"{found[0]}@{found[1]}" if found else path
+
     data = recipe.model_dump(mode="json")
     data.pop("output", None)
     data["evolution"].pop("generations", None)
+    inputs = data["inputs"]
+    if inputs.get("models"):
+        inputs["models"] = [pinned(p) for p in inputs["models"]]
+    inputs["base_model"] = pinned(inputs.get("base_model"))
     return data
 
 
