@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,41 @@ def test_report_scores_the_loop_against_honest_baselines(
     assert [s.total for s in held.input_scores] == pytest.approx(
         result["inputs"]["test_fitness"], abs=1e-6
     )
-    expected = held.score(soup).total
+    expected = held.score(soup, "uniform_average").total
     assert abs(expected - result["baselines_test_fitness"]["uniform_average"]) < 1e-6
     assert held.improvement(expected) == pytest.approx(gains["uniform_average"], abs=1e-6)
+
+    # the bootstrap's figures: on the measured documents (each picked once, in order) they
+    # are the report's own; its intervals hold the report's figures
+    from evomerge.fitness.bootstrap import resampled
+
+    champion = AutoModelForCausalLM.from_pretrained(out / "champion", dtype=torch.float32).eval()
+    held.score(champion, "champion")
+    every = {task: list(range(n)) for task, n in held.input_measurements[0].n_items.items()}
+    for figures in (
+        held.improvements(
+            [copy.copy(m) for m in held.input_measurements],
+            {k: copy.copy(m) for k, m in held.measured.items()},
+        ),
+        held.improvements(
+            [resampled(m, every, held.harness.aggregate) for m in held.input_measurements],
+            {k: resampled(m, every, held.harness.aggregate) for k, m in held.measured.items()},
+        ),
+    ):
+        assert figures["champion"] == pytest.approx(result["test_improvement"], abs=1e-9)
+        assert figures["uniform_average"] == pytest.approx(held.improvement(expected), abs=1e-9)
+    intervals = result["held_out_intervals"]
+    assert intervals["resamples"] + intervals["skipped"] == 1000 and intervals["level"] == 0.95
+    assert intervals["skipped"] < 50
+    assert sorted(intervals["test_improvement"]) == [
+        "best_gen0", "champion", "input_1", "input_2", "input_3", "uniform_average"
+    ]  # fmt: skip
+    lo, hi = intervals["test_improvement"]["champion"]
+    assert lo < result["test_improvement"] < hi
+    lo, hi = intervals["loop_gain_test"]
+    assert lo < result["loop_gain_test"] < hi
+    for lead in intervals["champion_lead"].values():
+        assert 0.0 <= lead["share_ahead"] <= 1.0 and lead["interval"][0] <= lead["interval"][1]
 
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int, where: str) -> None:

@@ -7,7 +7,7 @@ a run, and from what there is when a run is interrupted.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ def plot_evolution(
     baseline: float | None = None,
     target: float | None = None,
     held_out: Mapping[str, float] | None = None,
+    held_out_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Champion fitness and diversity per generation, re-seeded generations marked.
 
@@ -35,7 +36,8 @@ def plot_evolution(
     min_improvement)) are drawn as lines: a curve means little without them.
     ``held_out`` (name -> improvement over the inputs' mean on the held-out
     test split: the champion and the baselines) adds a panel of bars, so the
-    plot shows what the loop gained where it was not selected on.
+    plot shows what the loop gained where it was not selected on; ``held_out_ranges``
+    (name -> [low, high], result.json's bootstrap intervals) draws each bar's interval.
 
     Uses matplotlib's object API with the Agg canvas, so it never touches
     pyplot's global backend of the calling program. Written atomically.
@@ -52,7 +54,7 @@ def plot_evolution(
         ax_fit, ax_div, ax_test = fig.subplots(3, 1, height_ratios=[3, 2, 1.6])
         ax_div.sharex(ax_fit)
         gain = target / baseline - 1 if target is not None and baseline else None
-        _draw_held_out(ax_test, held_out, gain)
+        _draw_held_out(ax_test, held_out, gain, held_out_ranges or {})
     else:
         ax_fit, ax_div = fig.subplots(2, 1, sharex=True)
     _draw_fitness(ax_fit, gens, records, baseline, target)
@@ -111,26 +113,54 @@ def _draw_diversity(
     ax.set_xlabel("generation")
 
 
-def _draw_held_out(ax: Any, held_out: Mapping[str, float], target_gain: float | None) -> None:
-    """Horizontal bars: each model's held-out improvement over the inputs' mean, target marked."""
+def _draw_held_out(
+    ax: Any,
+    held_out: Mapping[str, float],
+    target_gain: float | None,
+    ranges: Mapping[str, Sequence[float]],
+) -> None:
+    """Horizontal bars: each model's held-out improvement over the inputs' mean, target marked,
+    and its bootstrap interval where there is one."""
     names = list(held_out)
     values = [100 * float(held_out[n]) for n in names]
     colors = ["tab:blue" if n == "champion" else "tab:gray" for n in names]
     ax.barh(range(len(names)), values, color=colors, alpha=0.8)
+    spans = [
+        (i, v, ranges[n]) for i, (n, v) in enumerate(zip(names, values, strict=True)) if n in ranges
+    ]
+    if spans:
+        ax.errorbar(
+            [v for _, v, _ in spans],
+            [i for i, _, _ in spans],
+            xerr=[
+                [max(v - 100 * r[0], 0.0) for _, v, r in spans],
+                [max(100 * r[1] - v, 0.0) for _, v, r in spans],
+            ],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
     ax.set_yticks(range(len(names)), [HELD_OUT_LABELS.get(n, n) for n in names], fontsize=8)
     ax.invert_yaxis()  # the champion on top
+    ends = {i: max(v, 100 * r[1]) for i, v, r in spans}  # labels right of the interval
     for i, v in enumerate(values):
         ax.annotate(
             f"{v:+.1f} %",
-            (v, i),
+            (ends.get(i, v), i),
             xytext=(3, 0),
             textcoords="offset points",
             va="center",
             fontsize=8,
         )
     ax.axvline(0, color="black", lw=0.8)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + 0.25 * (right - left))  # room for the labels and the legend
     if target_gain is not None:
         ax.axvline(100 * target_gain, color="tab:red", ls="--", lw=1, label="target")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("held-out test split: improvement over the inputs' mean (%)")
+    ax.set_xlabel(
+        "held-out test split: improvement over the inputs' mean (%)"
+        + (", 95 % bootstrap intervals" if spans else "")
+    )
     ax.grid(alpha=0.3, axis="x")

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -238,7 +238,11 @@ class Tracker:
             except Exception as exc:
                 logger.warning("W&B log failed at generation %d: %s", generation, exc)
 
-    def plot(self, held_out: Mapping[str, float] | None = None) -> Path:
+    def plot(
+        self,
+        held_out: Mapping[str, float] | None = None,
+        held_out_ranges: Mapping[str, Sequence[float]] | None = None,
+    ) -> Path:
         """Draw ``OUT/evolution.png`` from the log on disk (so a resumed run's plot is whole)."""
         records = [r for r in read_log(self.out_dir) if "generation" in r]
         return plot_evolution(
@@ -249,16 +253,22 @@ class Tracker:
             baseline=self.baseline,
             target=self.target,
             held_out=held_out,
+            held_out_ranges=held_out_ranges,
         )
 
     def finish(
-        self, summary: Mapping[str, Any], *, held_out: Mapping[str, float] | None = None
+        self,
+        summary: Mapping[str, Any],
+        *,
+        held_out: Mapping[str, float] | None = None,
+        held_out_ranges: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         """Write the plot, put ``summary`` in the W&B run summary (and the plot as an image), close W&B.
 
-        ``held_out``: the champion's and the baselines' held-out improvements, drawn in the plot.
+        ``held_out``: the champion's and the baselines' held-out improvements, drawn in the
+        plot, with ``held_out_ranges`` (their bootstrap intervals) as error bars.
         """
-        path = self.plot(held_out)
+        path = self.plot(held_out, held_out_ranges)
         if self.run is not None:
             try:
                 flat = {k: v for k, v in _flatten(summary).items() if not _is_nan(v)}

@@ -212,32 +212,8 @@ class FitnessHarness:
         start = time.perf_counter()
         model = self._prepare(model)
         lls, greedy = self._score(model)
-        tasks: dict[str, dict[str, float]] = {}
-        n_items: dict[str, int] = {}
-        ppl_items: list[tuple[float, float]] = []
-        acc_items: list[float] = []
-        own_terms = self.config.metric_task_names
-        for name, plan in self._plans.items():
-            raw = self._process(plan, lls, greedy)
-            agg = plan.task.aggregation()
-            tasks[name] = {
-                (metric if filt == "none" else f"{metric},{filt}"): float(agg[metric](values))
-                for (metric, filt), values in raw.items()
-            }
-            n_items[name] = len(plan.docs)
-            if name in own_terms:
-                continue  # a task metric is its own term, not part of the pooled ones
-            if plan.task.OUTPUT_TYPE == "loglikelihood_rolling":
-                ppl_items.extend(raw.get((self.config.ppl_metric, "none"), []))
-            elif plan.task.OUTPUT_TYPE == "multiple_choice":
-                acc_items.extend(raw.get(("acc", "none"), []))
-        m = Measurements(
-            tasks=tasks,
-            perplexity=math.exp(-sum(a for a, _ in ppl_items) / sum(b for _, b in ppl_items))
-            if ppl_items
-            else math.nan,
-            accuracy=sum(acc_items) / len(acc_items) if acc_items else math.nan,
-            n_items=n_items,
+        m = self.aggregate(
+            {name: self._process(plan, lls, greedy) for name, plan in self._plans.items()}
         )
         if cost:
             m.time_samples = self.probe.latency_samples(
@@ -250,6 +226,39 @@ class FitnessHarness:
             m.peak_memory_bytes = self.probe.peak_memory(model, autocast_dtype=self.autocast_dtype)
         m.seconds = time.perf_counter() - start
         return m
+
+    def aggregate(self, per_doc: Mapping[str, dict[tuple[str, str], list[Any]]]) -> Measurements:
+        """Task metrics with lm-eval's own aggregations, and the pooled perplexity and
+        accuracy, from per-document values (``Measurements.per_doc``; a resample of them
+        gives the same figures over other documents)."""
+        tasks: dict[str, dict[str, float]] = {}
+        n_items: dict[str, int] = {}
+        ppl_items: list[tuple[float, float]] = []
+        acc_items: list[float] = []
+        own_terms = self.config.metric_task_names
+        for name, plan in self._plans.items():
+            raw = per_doc[name]
+            agg = plan.task.aggregation()
+            tasks[name] = {
+                (metric if filt == "none" else f"{metric},{filt}"): float(agg[metric](values))
+                for (metric, filt), values in raw.items()
+            }
+            n_items[name] = len(next(iter(raw.values()), plan.docs))
+            if name in own_terms:
+                continue  # a task metric is its own term, not part of the pooled ones
+            if plan.task.OUTPUT_TYPE == "loglikelihood_rolling":
+                ppl_items.extend(raw.get((self.config.ppl_metric, "none"), []))
+            elif plan.task.OUTPUT_TYPE == "multiple_choice":
+                acc_items.extend(raw.get(("acc", "none"), []))
+        return Measurements(
+            tasks=tasks,
+            perplexity=math.exp(-sum(a for a, _ in ppl_items) / sum(b for _, b in ppl_items))
+            if ppl_items
+            else math.nan,
+            accuracy=sum(acc_items) / len(acc_items) if acc_items else math.nan,
+            n_items=n_items,
+            per_doc={name: dict(raw) for name, raw in per_doc.items()},
+        )
 
     def _score(self, model: torch.nn.Module) -> tuple[list[float], list[bool]]:
         """Every request's log-likelihood and is-greedy; an out-of-memory error halves the

@@ -30,6 +30,12 @@ class Measurements:
     time_samples: list[float] = field(default_factory=list)
     #: Wall-clock seconds the whole measurement took.
     seconds: float = 0.0
+    #: Each task's per-document values, ``{task: {(metric, filter): [one per document]}}``,
+    #: in document order, before aggregation: what the held-out report resamples
+    #: (evomerge/fitness/bootstrap.py). Not in ``to_dict``: logs keep the aggregates.
+    per_doc: dict[str, dict[tuple[str, str], list[Any]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def metric(self, task: str, metric: str) -> float:
         """One task metric, or a clear error naming what exists."""
@@ -46,4 +52,6 @@ class Measurements:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (floats, ints, strings only)."""
-        return asdict(self)
+        out = asdict(self)
+        out.pop("per_doc")
+        return out

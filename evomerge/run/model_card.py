@@ -173,9 +173,28 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
         "| model | test fitness | vs the inputs' mean |\n|---|---|---|\n"
         f"{table}\n\n"
         f"What the search added over the better baseline: "
-        f"{result['loop_gain_test'] * 100:+.1f} percentage points. "
+        f"{result['loop_gain_test'] * 100:+.1f} percentage points"
+        f"{_uncertainty(result)}. "
         f"The recipe's target, {target:+.1%} over the inputs' mean and above every input on "
         f"this split: {verdict}." + _raw_terms(result)
+    )
+
+
+def _uncertainty(result: dict[str, Any]) -> str:
+    """How far the test documents' sample could move the figures (result.json
+    ``held_out_intervals``: a paired bootstrap, evomerge/fitness/bootstrap.py)."""
+    intervals = result.get("held_out_intervals")
+    if not intervals:
+        return ""
+    lo, hi = intervals["loop_gain_test"]
+    leads = ", ".join(
+        f"the {HELD_OUT_LABELS.get(name, name)} in {lead['share_ahead']:.0%}"
+        for name, lead in intervals["champion_lead"].items()
+    )
+    return (
+        f" ({intervals['level']:.0%} interval {lo * 100:+.1f} to {hi * 100:+.1f} over "
+        f"{intervals['resamples']:,} paired bootstrap resamples of the test documents; this "
+        f"model scores above {leads} of them)"
     )
 
 

@@ -9,12 +9,13 @@ the loop adds over the better of the two on that split.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ from evomerge.evolution.recipe import Recipe
 from evomerge.evolution.residency import InputWeights, MemoryPlan
 from evomerge.evolution.tracking import HELD_OUT_LABELS, read_log
 from evomerge.fitness.cost import apply_shared_cost, shared_cost
+from evomerge.fitness.measurements import Measurements
 from evomerge.merge.combos import COMBO_LABELS
 from evomerge.run.context import RESIDENT_LIMIT, RunContext
 from evomerge.run.model_card import write_model_card
 from evomerge.run.prepare import PreparedInputs
 from evomerge.run.reference import Reference, fitness_config
 
-UNIFORM_AVERAGE, BEST_GEN0 = "uniform_average", "best_gen0"
+UNIFORM_AVERAGE, BEST_GEN0, CHAMPION = "uniform_average", "best_gen0", "champion"
 
 
 @dataclass
@@ -48,21 +50,65 @@ class HeldOut:
     fitness: Any  # CompositeFitness normalised by the inputs' test measurements
     shared: dict[str, Any]
     input_scores: list[Any]
+    #: The inputs' test measurements as measured (their own cost), what ``fitness`` was
+    #: normalised by; and each scored model's (``score(label=...)``): the bootstrap's data.
+    input_measurements: list[Measurements] = field(default_factory=list)
+    measured: dict[str, Measurements] = field(default_factory=dict)
 
     @property
     def input_mean(self) -> float:
         return sum(s.total for s in self.input_scores) / len(self.input_scores)
 
-    def score(self, model: PreTrainedModel) -> Any:
+    def score(self, model: PreTrainedModel, label: str | None = None) -> Any:
         """A model of the inputs' architecture: it shares their cost, as in selection, so timing
         noise cannot move the held-out figures (a champion timed alone once measured 1.49x
-        "faster" while the other process was exiting)."""
-        measured = self.harness.measure(model, cost=False)
-        return self.fitness.score(apply_shared_cost(measured, self.shared))
+        "faster" while the other process was exiting). ``label`` keeps its measurements for
+        :meth:`intervals`."""
+        measured = apply_shared_cost(self.harness.measure(model, cost=False), self.shared)
+        if label is not None:
+            self.measured[label] = measured
+        return self.fitness.score(measured)
 
     def improvement(self, total: float) -> float:
         """``total``'s improvement over the inputs' mean on the test split."""
         return (total - self.input_mean) / abs(self.input_mean)
+
+    def improvements(
+        self, inputs: list[Measurements], models: dict[str, Measurements]
+    ) -> dict[str, float]:
+        """Every figure's improvement over the inputs' mean, computed from measurements as
+        ``held_out_scorer`` and ``score`` compute it (normalised by these inputs): on the
+        measured documents it gives the report's own figures (tested), on a resample the
+        figures that documents' sample would have given."""
+        from evomerge.fitness import CompositeFitness
+
+        fitness = CompositeFitness.from_inputs(self.fitness.config, inputs)
+        totals = {
+            f"input_{i + 1}": fitness.score(apply_shared_cost(m, self.shared)).total
+            for i, m in enumerate(inputs)
+        }
+        mean = sum(totals.values()) / len(totals)
+        totals.update(
+            (name, fitness.score(apply_shared_cost(m, self.shared)).total)
+            for name, m in models.items()
+        )
+        return {name: (total - mean) / abs(mean) for name, total in totals.items()}
+
+    def intervals(self, champion: str = CHAMPION, seed: int = 0) -> dict[str, Any] | None:
+        """Bootstrap intervals of the held-out figures (evomerge/fitness/bootstrap.py); None
+        without the champion and a baseline scored by label."""
+        from evomerge.fitness.bootstrap import paired_bootstrap
+
+        if champion not in self.measured or len(self.measured) < 2 or not self.input_measurements:
+            return None
+        return paired_bootstrap(
+            self.input_measurements,
+            self.measured,
+            aggregate=self.harness.aggregate,
+            improvements=self.improvements,
+            champion=champion,
+            seed=seed,
+        )
 
 
 def held_out_scorer(
@@ -87,10 +133,11 @@ def held_out_scorer(
     )
     harness = FitnessHarness.build(suite, tokenizer, device, config=cfg, model_config=model_config)
     measured = [harness.measure(m) for m in inputs]
+    as_measured = [copy.copy(m) for m in measured]  # apply_shared_cost edits in place
     fitness = CompositeFitness.from_inputs(cfg, measured)
     shared = shared_cost(measured)
     scores = [fitness.score(apply_shared_cost(m, shared)) for m in measured]
-    return HeldOut(harness, fitness, shared, scores)
+    return HeldOut(harness, fitness, shared, scores, as_measured)
 
 
 def save_champion(
@@ -144,11 +191,11 @@ def score_baselines(
     slot = prep.pool.acquire()  # one population slot: the population is released
     try:
         out["configs"][UNIFORM_AVERAGE] = uniform_average_into(engine, prep.inputs, slot)
-        out["totals"][UNIFORM_AVERAGE] = held.score(slot).total
+        out["totals"][UNIFORM_AVERAGE] = held.score(slot, UNIFORM_AVERAGE).total
         if state.best_gen0 is not None:
             node = LineageNode.from_json(state.best_gen0)
             replay_node(engine, node, prep.inputs, prep.inputs, slot)
-            out["totals"][BEST_GEN0] = held.score(slot).total
+            out["totals"][BEST_GEN0] = held.score(slot, BEST_GEN0).total
             out["configs"][BEST_GEN0] = node.merge_record["config_yaml"]
             out["replayed_fitness"] = ref.score(slot).total
         else:  # a checkpoint from before best_gen0 was recorded
@@ -227,6 +274,15 @@ def _lineage(loop: Any) -> dict[str, Any]:
     }
 
 
+def _intervals(ctx: RunContext, held: HeldOut) -> dict[str, Any] | None:
+    """The bootstrap intervals, never fatal: the figures they qualify are written anyway."""
+    try:
+        return held.intervals(seed=ctx.recipe.evolution.seed)
+    except Exception as exc:  # noqa: BLE001 - reported, and the result keeps its figures
+        ctx.log(f"warning: no held-out intervals: {exc}")
+        return None
+
+
 def build_result(
     ctx: RunContext,
     prep: PreparedInputs,
@@ -248,6 +304,8 @@ def build_result(
         "test_fitness": test_champion.total,
         "test_improvement": test_improvement,
         **_baseline_figures(held, baselines, test_improvement, state),
+        # how far the test documents' sample could move these figures
+        "held_out_intervals": _intervals(ctx, held),
         "min_improvement": target,
         "checks": checks,
         # pass/fail is judged on the held-out split: the fitness split was optimised on
@@ -360,7 +418,7 @@ def write_report(
         prep.model_config,
         prep.each_input_model(),
     )
-    test_champion = held.score(champion)
+    test_champion = held.score(champion, CHAMPION)
     baselines = score_baselines(ctx, prep, ref, engine, loop.state, held)
     result = build_result(ctx, prep, ref, loop, held, test_champion, baselines, champion_dir)
     atomic_write_bytes(ctx.out / "result.json", json.dumps(result, indent=2, default=str).encode())
@@ -375,8 +433,11 @@ def summary_line(result: dict[str, Any], champion_id: str | None) -> str:
     """The console's one-line verdict: the champion on both splits, and what the loop itself added."""
     base = result["baselines_test_improvement"]
     shown = ", ".join(f"{HELD_OUT_LABELS.get(k, k)} {v:+.1%}" for k, v in base.items())
+    intervals = result.get("held_out_intervals") or {}
+    gain = intervals.get("loop_gain_test")
+    sure = f", {intervals['level']:.0%} interval {gain[0]:+.1%}..{gain[1]:+.1%}" if gain else ""
     return (
         f"champion {champion_id}: fitness {result['fitness']:.4f} "
         f"({result['improvement']:+.1%} vs inputs; test split {result['test_improvement']:+.1%}; "
-        f"baselines on test: {shown}; loop gain {result['loop_gain_test']:+.1%})"
+        f"baselines on test: {shown}; loop gain {result['loop_gain_test']:+.1%}{sure})"
     )

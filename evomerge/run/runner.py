@@ -82,6 +82,7 @@ class Run:
             tracker.finish(
                 {k: result[k] for k in SUMMARY_KEYS if k in result},
                 held_out=_held_out_marks(result),
+                held_out_ranges=(result.get("held_out_intervals") or {}).get("test_improvement"),
             )
         shutil.rmtree(ctx.out / ".checkpoint", ignore_errors=True)  # intermediates are not kept
         self.log(summary_line(result, loop.state.champion_id))
