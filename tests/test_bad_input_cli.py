@@ -389,7 +389,7 @@ def test_staged_dir_replaces_only_on_success(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raised", "code", "needle"),
     [
-        (KeyboardInterrupt(), 130, "interrupted: the last finished generation is checkpointed"),
+        (KeyboardInterrupt(), 130, "interrupted: "),
         (RuntimeError("boom"), 3, "the run stopped on an unexpected error (above; exit 3"),
     ],
 )
@@ -397,7 +397,8 @@ def test_a_run_that_stops_never_exits_1(
     raised: BaseException, code: int, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1 means "finished below target" to a script; an interrupt or a crash says otherwise
-    (click's own code for both is 1), and how to continue."""
+    (click's own code for both is 1), and how to go on: nothing to resume before a
+    generation was checkpointed (--resume would refuse), --resume after."""
     from evomerge.run import Run
 
     def stop(self: Run) -> None:
@@ -408,4 +409,12 @@ def test_a_run_that_stops_never_exits_1(
     result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--out", str(tmp_path / "o")])
     assert result.exit_code == code, result.output
     assert needle in " ".join(result.output.split())
-    assert "--resume" in result.output
+    assert "nothing to resume: run it again with --overwrite" in " ".join(result.output.split())
+    from evomerge.evolution.checkpoint import Checkpoint
+
+    Checkpoint(tmp_path / "o").save_state({"recipe_hash": "x"})
+    result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == code, result.output
+    assert "--resume` continues from the last finished generation" in " ".join(
+        result.output.split()
+    )

@@ -79,6 +79,7 @@ def test_eval_prints_and_writes_every_term(saved: tuple[Path, Path]) -> None:
     )
     assert set(data["measurements"]["tasks"]) == set(TASKS)
     assert data["measurements"]["n_items"] == dict.fromkeys(TASKS, 3)
+    assert data["versus_references"] is None  # no reference to compare with
 
 
 def test_eval_normalises_against_references(saved: tuple[Path, Path]) -> None:
@@ -88,6 +89,12 @@ def test_eval_normalises_against_references(saved: tuple[Path, Path]) -> None:
     assert data["fitness"]["normalize"] == "inputs"
     assert terms["perplexity"] == pytest.approx(1.0) and terms["accuracy"] == pytest.approx(1.0)
     assert terms["memory"] == 1.0  # same architecture, deterministic CPU memory
+    # against itself: no difference any resample of the documents could show
+    versus = data["versus_references"]
+    assert versus["improvement"] == pytest.approx(data["fitness"]["total"] / 1.0 - 1.0)
+    lo, hi = versus["interval"]
+    assert lo <= versus["improvement"] <= hi and hi - lo < 1e-9
+    assert versus["resamples"] + versus["skipped"] == 1000 and versus["level"] == 0.95
 
 
 def test_eval_bad_inputs_are_one_line_errors(saved: tuple[Path, Path], tmp_path: Path) -> None:

@@ -130,9 +130,11 @@ def check_model_card(champion: Path, result: dict) -> None:
     assert card.data.library_name == "transformers" and "evomerge" in card.data.tags
     text = card.text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| model | test fitness | vs the inputs' mean |"
+    assert rows[0] == "| model | test fitness | vs the inputs' mean | 95 % interval |"
+    lo, hi = result["held_out_intervals"]["test_improvement"]["champion"]
     assert rows[1] == (
-        f"| **this model** | {result['test_fitness']:.4f} | {result['test_improvement']:+.1%} |"
+        f"| **this model** | {result['test_fitness']:.4f} | {result['test_improvement']:+.1%} "
+        f"| {lo:+.1%} to {hi:+.1%} |"
     )
     soup = result["baselines_test_fitness"]["uniform_average"]
     assert rows[2].startswith(f"| uniform average (soup) | {soup:.4f} |")
@@ -140,7 +142,7 @@ def check_model_card(champion: Path, result: dict) -> None:
         f"| best gen-0 combo | {result['baselines_test_fitness']['best_gen0']:.4f} |"
     )
     assert len(rows) == 4 + 3  # and the three inputs
-    assert f"{result['loop_gain_test'] * 100:+.1f} percentage points" in text
+    assert f"{result['loop_gain_test'] * 100:+.1f} percentage points (95% interval " in text
     assert f"on this split: {'met' if result['passed'] else 'not met'}." in text
     for i, path in enumerate(result["inputs"]["models"]):
         total = result["inputs"]["test_fitness"][i]

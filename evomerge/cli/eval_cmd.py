@@ -166,6 +166,9 @@ def eval_command(
         fitness = CompositeFitness(cfg.model_copy(update={"normalize": "none"}))
     score = fitness.score(measured)
     _print(model_dir, score, measured, fitness)
+    versus = _versus_references(cfg, harness.aggregate, measured, list(ref_measured.values()))
+    if versus is not None:
+        _print_versus(versus)
     if json_out:
         payload = {
             "model": str(model_dir),
@@ -173,9 +176,64 @@ def eval_command(
             "fitness": score.to_dict(),
             "measurements": measured.to_dict(),
             "references": {k: v.to_dict() for k, v in ref_measured.items()},
+            "versus_references": versus,
             "config": cfg.model_dump(mode="json"),
         }
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _versus_references(
+    cfg: Any, aggregate: Any, measured: Any, references: list[Any]
+) -> dict[str, Any] | None:
+    """The model's improvement over the references' mean, with a paired bootstrap interval
+    over the documents (evomerge/fitness/bootstrap.py), as the run's held-out report gives
+    one: is the difference more than these documents' luck? None without references."""
+    from evomerge.fitness import CompositeFitness
+    from evomerge.fitness.bootstrap import paired_bootstrap
+
+    if not references:
+        return None
+
+    def improvements(refs: list[Any], models: dict[str, Any]) -> dict[str, float]:
+        fitness = CompositeFitness.from_inputs(cfg, refs)
+        totals = [fitness.score(m).total for m in refs]
+        mean = sum(totals) / len(totals)
+        out = {f"input_{i + 1}": (t - mean) / abs(mean) for i, t in enumerate(totals)}
+        return out | {"model": (fitness.score(models["model"]).total - mean) / abs(mean)}
+
+    intervals = paired_bootstrap(
+        references,
+        {"model": measured},
+        aggregate=aggregate,
+        improvements=improvements,
+        champion="model",
+    )
+    return {
+        "improvement": improvements(references, {"model": measured})["model"],
+        "interval": intervals["test_improvement"]["model"] if intervals else None,
+        "resamples": intervals["resamples"] if intervals else 0,
+        "skipped": intervals["skipped"] if intervals else 0,
+        "level": intervals["level"] if intervals else None,
+    }
+
+
+def _print_versus(versus: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    line = f"vs the references' mean: {versus['improvement']:+.2%}"
+    if versus["interval"]:
+        lo, hi = versus["interval"]
+        line += (
+            f" ({versus['level']:.0%} interval {lo:+.2%} to {hi:+.2%} over "
+            f"{versus['resamples']:,} paired bootstrap resamples of the documents"
+            + (
+                f"; {versus['skipped']:,} more drew documents every reference scored 0 on"
+                if versus["skipped"]
+                else ""
+            )
+            + ")"
+        )
+    Console(highlight=False).print(line)
 
 
 def _print(model_dir: Path, score: Any, measured: Any, fitness: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -269,6 +270,18 @@ def init_cmd(
         out.print(f"memory: {plan.describe()}", soft_wrap=True)
 
 
+def _after_a_stop(recipe: Any) -> str:
+    """What a stopped run can do next: resume where a generation was checkpointed, else
+    start over (--resume finds no checkpoint before generation 0 is done)."""
+    from evomerge.evolution.checkpoint import Checkpoint
+
+    if recipe is not None and Checkpoint(Path(recipe.output)).exists():
+        return "`evomerge recipe run ... --resume` continues from the last finished generation"
+    return (
+        "no generation had finished, so there is nothing to resume: run it again with --overwrite"
+    )
+
+
 @app.command("run")
 def run_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),
@@ -299,6 +312,7 @@ def run_cmd(
     if resume and overwrite:
         err.print("[red]error:[/red] --resume and --overwrite: give one (continue, or start over)")
         raise typer.Exit(EXIT_BAD_INPUT)
+    recipe = None
     try:
         recipe = _load(recipe_path, out, generations)
         outcome = Run(
@@ -308,11 +322,7 @@ def run_cmd(
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
-        err.print(
-            "interrupted: the last finished generation is checkpointed; "
-            "`evomerge recipe run ... --resume` continues from it",
-            soft_wrap=True,
-        )
+        err.print(f"interrupted: {_after_a_stop(recipe)}", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception:
         import traceback
@@ -320,7 +330,7 @@ def run_cmd(
         traceback.print_exc()
         err.print(
             f"[red]error:[/red] the run stopped on an unexpected error (above; exit "
-            f"{EXIT_CRASH}, a bug to report); `--resume` continues from the last checkpoint",
+            f"{EXIT_CRASH}, a bug to report): {_after_a_stop(recipe)}",
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_CRASH) from None

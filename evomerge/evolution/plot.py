@@ -129,13 +129,10 @@ def _draw_held_out(
         (i, v, ranges[n]) for i, (n, v) in enumerate(zip(names, values, strict=True)) if n in ranges
     ]
     if spans:
-        ax.errorbar(
-            [v for _, v, _ in spans],
+        ax.errorbar(  # drawn about each interval's middle: it need not hold the bar's end
+            [50 * (r[0] + r[1]) for _, _, r in spans],
             [i for i, _, _ in spans],
-            xerr=[
-                [max(v - 100 * r[0], 0.0) for _, v, r in spans],
-                [max(100 * r[1] - v, 0.0) for _, v, r in spans],
-            ],
+            xerr=[50 * (r[1] - r[0]) for _, _, r in spans],
             fmt="none",
             ecolor="black",
             capsize=3,

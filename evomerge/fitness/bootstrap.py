@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from evomerge.fitness.composite import NormalisationError
 from evomerge.fitness.measurements import Measurements
 
 #: Resamples per report: the 2.5 % / 97.5 % percentiles of 1,000 move by a few tenths
@@ -74,7 +75,8 @@ def paired_bootstrap(
     seed: int = 0,
 ) -> dict[str, Any] | None:
     """Percentile intervals of each model's held-out improvement, of the champion's lead
-    over each other model, and of the loop gain (the champion over the best of the others).
+    over each other model, and of the loop gain (the champion over the best of the others;
+    None when ``models`` holds the champion alone).
 
     ``aggregate`` turns resampled per-document values into :class:`Measurements` (the
     harness's own); ``improvements(inputs, models)`` scores a resample as the report does
@@ -97,19 +99,20 @@ def paired_bootstrap(
                 [resampled(m, picks, aggregate) for m in inputs],
                 {name: resampled(m, picks, aggregate) for name, m in models.items()},
             )
-        except ValueError:  # e.g. no input right on a resample: nothing to normalise by
+        except NormalisationError:  # e.g. no input right on a resample: nothing to divide by
             skipped += 1
             continue
         for name, value in got.items():
             draws.setdefault(name, []).append(value)
         for name in leads:
             leads[name].append(got[champion] - got[name])
-        gains.append(got[champion] - max(got[name] for name in leads))
-    if not gains:
+        if leads:
+            gains.append(got[champion] - max(got[name] for name in leads))
+    if not draws:
         return None
     return {
         "method": "paired bootstrap over each task's test documents",
-        "resamples": len(gains),
+        "resamples": len(draws[champion]),
         "skipped": skipped,
         "level": level,
         "seed": seed,
@@ -118,8 +121,9 @@ def paired_bootstrap(
             name: {
                 "interval": _interval(v, level),
                 "share_ahead": sum(x > 0 for x in v) / len(v),
+                "share_tied": sum(x == 0 for x in v) / len(v),  # e.g. the champion *is* it
             }
             for name, v in leads.items()
         },
-        "loop_gain_test": _interval(gains, level),
+        "loop_gain_test": _interval(gains, level) if gains else None,
     }

@@ -34,6 +34,11 @@ from evomerge.fitness.terms import FitnessTerm, get_fitness_term
 AUTO_TOLERANCE_FLOOR = 0.05
 
 
+class NormalisationError(ValueError):
+    """The inputs' mean goodness of a term is not positive: nothing to normalise by (e.g.
+    every input wrong on every item of a small sample)."""
+
+
 def timing_noise(inputs: Sequence[Measurements]) -> float:
     """Relative latency noise seen on the inputs (0 when they carry no timings)."""
     medians = [m.time_per_1k_tokens for m in inputs if m.time_samples]
@@ -95,7 +100,7 @@ class CompositeFitness:
         for term, _ in cls(config.model_copy(update={"normalize": "none"})).terms:
             mean = sum(term.goodness(term.raw(m)) for m in inputs) / len(inputs)
             if not mean > 0:
-                raise ValueError(
+                raise NormalisationError(
                     f"fitness term {term.name()!r}: the inputs' mean goodness is {mean}, cannot "
                     "normalise by it; use normalize: none or give the term weight 0"
                 )

@@ -146,9 +146,9 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
     most = fitness.get("report_max_items")
     items = "every item of each task" if most is None else f"up to {most} items per task"
     rows = [
-        ("**this model**", result["test_fitness"], result["test_improvement"]),
+        ("**this model**", result["test_fitness"], result["test_improvement"], "champion"),
         *(
-            (HELD_OUT_LABELS.get(key, key), total, result["baselines_test_improvement"][key])
+            (HELD_OUT_LABELS.get(key, key), total, result["baselines_test_improvement"][key], key)
             for key, total in result["baselines_test_fitness"].items()
         ),
     ]
@@ -156,8 +156,15 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
     scores: list[float] = inputs.get("test_fitness") or []
     mean = sum(scores) / max(len(scores), 1)
     for i, (path, total) in enumerate(zip(inputs.get("models") or [], scores, strict=False)):
-        rows.append((f"input {i + 1} (`{Path(path).name}`)", total, (total - mean) / abs(mean)))
-    table = "\n".join(f"| {label} | {total:.4f} | {gain:+.1%} |" for label, total, gain in rows)
+        gain = (total - mean) / abs(mean)
+        rows.append((f"input {i + 1} (`{Path(path).name}`)", total, gain, f"input_{i + 1}"))
+    ranges = (result.get("held_out_intervals") or {}).get("test_improvement") or {}
+    span = " 95 % interval |" if ranges else ""
+    table = "\n".join(
+        f"| {label} | {total:.4f} | {gain:+.1%} |"
+        + (f" {_range(ranges.get(key))} |" if ranges else "")
+        for label, total, gain, key in rows
+    )
     target = result.get("min_improvement")
     verdict = "met" if result.get("passed") else "not met"
     return (
@@ -170,7 +177,7 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
             else f", normalisation `{fitness.get('normalize')}`"
         )
         + ":\n\n"
-        "| model | test fitness | vs the inputs' mean |\n|---|---|---|\n"
+        f"| model | test fitness | vs the inputs' mean |{span}\n|---|---|---|{'---|' if ranges else ''}\n"
         f"{table}\n\n"
         f"What the search added over the better baseline: "
         f"{result['loop_gain_test'] * 100:+.1f} percentage points"
@@ -178,6 +185,10 @@ def _held_out(result: dict[str, Any], champion_id: str) -> str:
         f"The recipe's target, {target:+.1%} over the inputs' mean and above every input on "
         f"this split: {verdict}." + _raw_terms(result)
     )
+
+
+def _range(bounds: list[float] | None) -> str:
+    return f"{bounds[0]:+.1%} to {bounds[1]:+.1%}" if bounds else ""
 
 
 def _uncertainty(result: dict[str, Any]) -> str:
@@ -189,12 +200,19 @@ def _uncertainty(result: dict[str, Any]) -> str:
     lo, hi = intervals["loop_gain_test"]
     leads = ", ".join(
         f"the {HELD_OUT_LABELS.get(name, name)} in {lead['share_ahead']:.0%}"
+        + (f" (level in {lead['share_tied']:.0%})" if lead.get("share_tied") else "")
         for name, lead in intervals["champion_lead"].items()
+    )
+    skipped = intervals.get("skipped", 0)
+    dropped = (
+        f"; {skipped:,} more drew documents every input scored 0 on and were skipped"
+        if skipped
+        else ""
     )
     return (
         f" ({intervals['level']:.0%} interval {lo * 100:+.1f} to {hi * 100:+.1f} over "
-        f"{intervals['resamples']:,} paired bootstrap resamples of the test documents; this "
-        f"model scores above {leads} of them)"
+        f"{intervals['resamples']:,} paired bootstrap resamples of the test documents{dropped}; "
+        f"this model scores above {leads} of them)"
     )
 
 

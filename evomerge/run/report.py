@@ -277,10 +277,18 @@ def _lineage(loop: Any) -> dict[str, Any]:
 def _intervals(ctx: RunContext, held: HeldOut) -> dict[str, Any] | None:
     """The bootstrap intervals, never fatal: the figures they qualify are written anyway."""
     try:
-        return held.intervals(seed=ctx.recipe.evolution.seed)
+        intervals = held.intervals(seed=ctx.recipe.evolution.seed)
     except Exception as exc:  # noqa: BLE001 - reported, and the result keeps its figures
         ctx.log(f"warning: no held-out intervals: {exc}")
         return None
+    if intervals is None:
+        ctx.log("warning: no held-out intervals: no resample of the test documents could be scored")
+    elif intervals["skipped"]:
+        ctx.log(
+            f"warning: held-out intervals from {intervals['resamples']} resamples; "
+            f"{intervals['skipped']} drew documents every input scored 0 on and were skipped"
+        )
+    return intervals
 
 
 def build_result(
