@@ -188,18 +188,13 @@ def _versus_references(
     """The model's improvement over the references' mean, with a paired bootstrap interval
     over the documents (evomerge/fitness/bootstrap.py), as the run's held-out report gives
     one: is the difference more than these documents' luck? None without references."""
-    from evomerge.fitness import CompositeFitness
-    from evomerge.fitness.bootstrap import paired_bootstrap
+    import functools
+
+    from evomerge.fitness.bootstrap import improvements_over_inputs, paired_bootstrap
 
     if not references:
         return None
-
-    def improvements(refs: list[Any], models: dict[str, Any]) -> dict[str, float]:
-        fitness = CompositeFitness.from_inputs(cfg, refs)
-        totals = [fitness.score(m).total for m in refs]
-        mean = sum(totals) / len(totals)
-        out = {f"input_{i + 1}": (t - mean) / abs(mean) for i, t in enumerate(totals)}
-        return out | {"model": (fitness.score(models["model"]).total - mean) / abs(mean)}
+    improvements = functools.partial(improvements_over_inputs, cfg)
 
     intervals = paired_bootstrap(
         references,

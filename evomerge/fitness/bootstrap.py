@@ -18,13 +18,34 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from evomerge.fitness.composite import NormalisationError
+from evomerge.fitness.composite import CompositeFitness, NormalisationError
+from evomerge.fitness.config import FitnessConfig
 from evomerge.fitness.measurements import Measurements
 
 #: Resamples per report: the 2.5 % / 97.5 % percentiles of 1,000 move by a few tenths
 #: of a point from seed to seed, well under the gaps they are read against.
 RESAMPLES = 1000
 LEVEL = 0.95
+
+
+def improvements_over_inputs(
+    config: FitnessConfig,
+    inputs: Sequence[Measurements],
+    models: Mapping[str, Measurements],
+    *,
+    prepare: Callable[[Measurements], Measurements] | None = None,
+) -> dict[str, float]:
+    """Each model's composite improvement over the inputs' mean (the inputs' own as
+    ``input_1``...), normalised by these inputs as the run's report normalises by its
+    inputs; ``prepare`` (the report's shared cost) is applied to each measurement before
+    it is scored. On the measured documents these are the report's figures; on a resample,
+    the figures that sample of documents would have given."""
+    fitness = CompositeFitness.from_inputs(config, inputs)
+    ready = prepare or (lambda m: m)
+    totals = {f"input_{i + 1}": fitness.score(ready(m)).total for i, m in enumerate(inputs)}
+    mean = sum(totals.values()) / len(totals)
+    totals.update((name, fitness.score(ready(m)).total) for name, m in models.items())
+    return {name: (total - mean) / abs(mean) for name, total in totals.items()}
 
 
 def resample(m: Measurements, picks: Mapping[str, Sequence[int]]) -> dict[str, Any]:

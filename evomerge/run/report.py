@@ -76,23 +76,16 @@ class HeldOut:
     def improvements(
         self, inputs: list[Measurements], models: dict[str, Measurements]
     ) -> dict[str, float]:
-        """Every figure's improvement over the inputs' mean, computed from measurements as
-        ``held_out_scorer`` and ``score`` compute it (normalised by these inputs): on the
-        measured documents it gives the report's own figures (tested), on a resample the
-        figures that documents' sample would have given."""
-        from evomerge.fitness import CompositeFitness
+        """Every figure's improvement over the inputs' mean, as ``held_out_scorer`` and
+        ``score`` compute it (the shared cost; tested equal to the report's own figures)."""
+        from evomerge.fitness.bootstrap import improvements_over_inputs
 
-        fitness = CompositeFitness.from_inputs(self.fitness.config, inputs)
-        totals = {
-            f"input_{i + 1}": fitness.score(apply_shared_cost(m, self.shared)).total
-            for i, m in enumerate(inputs)
-        }
-        mean = sum(totals.values()) / len(totals)
-        totals.update(
-            (name, fitness.score(apply_shared_cost(m, self.shared)).total)
-            for name, m in models.items()
+        return improvements_over_inputs(
+            self.fitness.config,
+            inputs,
+            models,
+            prepare=lambda m: apply_shared_cost(m, self.shared),
         )
-        return {name: (total - mean) / abs(mean) for name, total in totals.items()}
 
     def intervals(self, champion: str = CHAMPION, seed: int = 0) -> dict[str, Any] | None:
         """Bootstrap intervals of the held-out figures (evomerge/fitness/bootstrap.py); None
