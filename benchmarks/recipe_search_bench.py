@@ -4,7 +4,9 @@ Each config is the shipped quickstart recipe (recipes/quickstart.yaml) with a fe
 fields overridden; each (config, seed) is one real `recipe run` into its own
 output dir, and the numbers are read back from its result.json: the held-out
 improvement over the inputs' mean (test split, 64 documents per task), the two
-honest baselines, `loop_gain_test`, the evaluations used and the wall time.
+honest baselines, `loop_gain_test` with its bootstrap interval, the evaluations
+used and the wall time. Rows record which test documents the report scored: the
+first 64 of each task (before session 13) or 64 drawn at random (``sample``).
 
     bash scripts/quickstart.sh            # makes runs/phase1-tiny once
     .venv/bin/python benchmarks/recipe_search_bench.py --configs seed-g3 cmaes-k2-g3 --seeds 0 1 2
@@ -101,9 +103,13 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
     if evals is None:  # the seed loop: 8 per generation, generation 0 included
         evals = 8 * (1 + int(result["evolution_log"]["generations"]))
     base = result["baselines_test_improvement"]
+    intervals = result.get("held_out_intervals") or {}
     return {
         "config": name,
         "seed": seed,
+        "sample": "random" if "held_out_documents" in result else "first",
+        "report_items": result["recipe"]["fitness"]["report_max_items"],
+        "loop_gain_interval": intervals.get("loop_gain_test"),
         "test_improvement": result["test_improvement"],
         "uniform_average": base["uniform_average"],
         "best_gen0": base["best_gen0"],
@@ -115,8 +121,15 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     by: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by.setdefault(row["config"], []).append(row)
+    for row in rows:  # rows before session 13 scored each task's first 64 test documents
+        sample = f"{row.get('sample', 'first')} {row.get('report_items', 64)}"
+        by.setdefault(f"{row['config']} ({sample})", []).append(row)
+
+    def gains(group: list[dict[str, Any]]) -> str:
+        spans = [r.get("loop_gain_interval") for r in group]
+        if not all(spans):
+            return "—"
+        return " / ".join(f"[{lo:+.1%}, {hi:+.1%}]" for lo, hi in spans)
 
     def stat(values: list[float], pct: bool = True) -> str:
         mean = statistics.fmean(values)
@@ -124,14 +137,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         return f"{mean:+.2%} ± {spread / 2:.2%}" if pct else f"{mean:.0f} ± {spread / 2:.0f}"
 
     lines = [
-        "| config | seeds | held-out vs inputs' mean | loop_gain_test | evaluations | wall s |",
-        "|---|---|---|---|---|---|",
+        "| config (report documents per task) | seeds | held-out vs inputs' mean "
+        "| loop_gain_test | its 95 % interval per seed | evaluations | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, group in by.items():
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in group)} "
             f"| {stat([r['test_improvement'] for r in group])} "
             f"| {stat([r['loop_gain_test'] for r in group])} "
+            f"| {gains(group)} "
             f"| {stat([float(r['evaluations']) for r in group], pct=False)} "
             f"| {stat([r['wall_s'] for r in group], pct=False)} |"
         )

@@ -291,6 +291,7 @@ def test_eval_refusals_before_measuring(tmp_path: Path, llama: dict) -> None:
         ("--task-dir", "/gone"): "error: --task-dir: /gone: not a directory",
         ("--tasks", "nope"): "error: --tasks: unknown task(s) nope in the generated demo tasks;",
         ("--max-items", "0"): "error: --max-items must be at least 1, got 0",
+        ("--sample", "last"): "error: --sample must be random or first, got 'last'",
     }
     for args, expected in cases.items():
         code, output = invoke("eval", model, *args)

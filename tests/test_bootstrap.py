@@ -75,3 +75,43 @@ def test_resamples_that_cannot_normalise_are_skipped_and_counted() -> None:
     assert 0 < got["skipped"] < 400 and got["resamples"] + got["skipped"] == 400
     never = [_model([0.0] * 10) for _ in range(3)]
     assert _run({"champion": _model([1.0] * 10), "soup": _model([0.0] * 10)}, never) is None
+
+
+def test_the_report_draws_a_spread_sample_the_same_for_every_run() -> None:
+    """Not the first N (one stretch of a file in source order): N drawn at random with a
+    fixed seed, so seeds and recipes are judged on the same documents."""
+    from evomerge.run.report import report_sample
+
+    counts = {"ppl_dialogue": 718, "ppl_technical": 139, "cloze_small": 40}
+    picks = report_sample(counts, 64)
+    assert picks is not None and picks == report_sample(dict(counts), 64)
+    for name in ("ppl_dialogue", "ppl_technical"):
+        chosen = picks[name]
+        assert len(chosen) == len(set(chosen)) == 64 and chosen == sorted(chosen)
+        assert chosen != list(range(64)) and max(chosen) > counts[name] // 2
+        assert all(0 <= i < counts[name] for i in chosen)
+    assert picks["cloze_small"] == list(range(40))  # fewer than N: every one
+    # pinned: every run, seed and process draws these (benchmark rows compare on them),
+    # and each task its own draw
+    assert report_sample({"evomerge_ppl_technical_test": 139}, 5) == {
+        "evomerge_ppl_technical_test": [3, 27, 42, 59, 112]
+    }
+    assert report_sample({"t": 139}, 5) == {"t": [50, 71, 78, 90, 102]}
+    assert report_sample(counts, None) is None and report_sample(counts, 718) is None
+
+
+def test_a_null_report_count_is_the_searchs_own() -> None:
+    """report_max_items: null scores as many documents per task as the search selected on
+    (fitness.max_items), keeping the pooled terms' task mix; a count of its own wins."""
+    from evomerge.evolution.recipe import Recipe
+    from evomerge.run.reference import fitness_config
+
+    def recipe(**fitness: Any) -> Recipe:
+        return Recipe.model_validate(
+            {"inputs": {"models": ["a", "b", "c"]}, "fitness": fitness, "output": "out"}
+        )
+
+    assert fitness_config(recipe(max_items=16), report=True).max_items == 16
+    assert fitness_config(recipe(max_items=16, report_max_items=64), report=True).max_items == 64
+    assert fitness_config(recipe(max_items=16, report_max_items=64)).max_items == 16
+    assert fitness_config(recipe(max_items=None), report=True).max_items is None

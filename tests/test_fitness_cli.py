@@ -82,6 +82,42 @@ def test_eval_prints_and_writes_every_term(saved: tuple[Path, Path]) -> None:
     assert data["versus_references"] is None  # no reference to compare with
 
 
+def test_eval_draws_the_reports_documents_or_lm_evals_first(saved: tuple[Path, Path]) -> None:
+    """--max-items N draws N per task as the held-out report does (report_sample's fixed
+    seed), so `eval --split test --max-items N` scores what a run's report scored;
+    --sample first is lm-eval's --limit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness import FitnessConfig, FitnessHarness, TaskSuite
+    from evomerge.run.report import report_sample
+
+    model, task_dir = saved
+    drawn, first = _eval(model, task_dir), _eval(model, task_dir, "--sample", "first")
+    suite = TaskSuite(names=tuple(TASKS), include_paths=(task_dir.resolve(),))
+    counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+    assert all(n > 3 for n in counts.values())
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    loaded = AutoModelForCausalLM.from_pretrained(model)
+    expected = {}
+    for label, samples in (("drawn", report_sample(counts, 3)), ("first", None)):
+        harness = FitnessHarness.build(
+            suite,
+            tokenizer,
+            "cpu",
+            config=FitnessConfig(max_items=3),
+            samples=samples,
+            model_config=loaded.config,
+        )
+        expected[label] = _flat(harness.measure(loaded, cost=False).tasks)
+    assert _flat(drawn["measurements"]["tasks"]) == pytest.approx(expected["drawn"])
+    assert _flat(first["measurements"]["tasks"]) == pytest.approx(expected["first"])
+    assert expected["drawn"] != pytest.approx(expected["first"])
+
+
+def _flat(tasks: dict) -> dict[str, float]:
+    return {f"{task}/{metric}": v for task, ms in tasks.items() for metric, v in ms.items()}
+
+
 def test_eval_normalises_against_references(saved: tuple[Path, Path]) -> None:
     model, task_dir = saved
     data = _eval(model, task_dir, "--reference", str(model))
@@ -134,7 +170,7 @@ def test_lm_eval_passthrough_runs_model_evomerge(saved: tuple[Path, Path], tmp_p
     assert result.exit_code == 0, result.output
     (results_file,) = (tmp_path / "out").rglob("results_*.json")
     lm_eval_results = json.loads(results_file.read_text())["results"]
-    ours = _eval(model, task_dir)["measurements"]["tasks"]
+    ours = _eval(model, task_dir, "--sample", "first")["measurements"]["tasks"]  # as --limit
     for task in TASKS:
         for metric, value in ours[task].items():
             assert lm_eval_results[task][f"{metric},none"] == pytest.approx(value, rel=1e-4)

@@ -117,8 +117,52 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     assert "plugin that registers the `trm_titans_mag` architecture" in card
     from evomerge.run.model_card import model_card
 
-    result["recipe"]["fitness"]["report_max_items"] = None  # recipes/phase2-evomerge.yaml's
-    assert "never used for selection; every item of each task)" in model_card(result)
+    # 16 of each task's test documents, drawn at random (evomerge/run/report.py report_sample)
+    documents = result["held_out_documents"]
+    assert len(documents) == 6 and {d["scored"] for d in documents.values()} == {16}
+    total = sum(d["of"] for d in documents.values())
+    assert all(d["of"] > 16 for d in documents.values())
+    assert f"never used for selection; 96 of {total:,} test documents of 6 tasks: 16 per " in card
+    documents["small_task"] = {"scored": 5, "of": 5}
+    assert "16 per task drawn at random; all of any task with fewer)" in model_card(result)
+    for d in documents.values():
+        d["scored"] = d["of"]
+    every = model_card(result)
+    assert f"never used for selection; all {total + 5:,} test documents of its 7 tasks)" in every
+    del result["held_out_documents"]  # a result.json from before the count was recorded
+    assert "never used for selection; up to 16 items per task)" in model_card(result)
+    result["recipe"]["fitness"]["report_max_items"] = None  # null: the search's count
+    assert "never used for selection; up to 8 items per task)" in model_card(result)
+
+
+def test_the_report_scores_the_drawn_documents(finished_run: tuple[Path, int]) -> None:
+    """The held-out harness scores report_sample's documents (not lm-eval's first N), and
+    result.json counts what was scored."""
+    from evomerge.evolution.recipe import load_recipe
+    from evomerge.fitness import suite_for
+    from evomerge.run.reference import fitness_config
+    from evomerge.run.report import held_out_scorer, report_sample
+
+    out, _ = finished_run
+    recipe = load_recipe(out.parent / "full.yaml")
+    task_dir = out / "tasks"
+    suite = suite_for(task_dir, split="test")
+    tasks = suite.load()
+    picks = report_sample({n: len(t.eval_docs) for n, t in tasks.items()}, 16)
+    assert picks is not None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "champion")
+    champion = AutoModelForCausalLM.from_pretrained(out / "champion")
+    cfg = fitness_config(recipe, report=True)
+    held = held_out_scorer(
+        recipe, task_dir, tokenizer, torch.device("cpu"), champion.config, [champion]
+    )
+    assert cfg.max_items == 16
+    for name, task in tasks.items():
+        docs = [doc for _, doc in held.harness._plans[name].docs]
+        assert docs == [task.eval_docs[i] for i in picks[name]], name
+        assert held.documents[name] == {"scored": 16, "of": len(task.eval_docs)}
 
 
 def check_model_card(champion: Path, result: dict) -> None:

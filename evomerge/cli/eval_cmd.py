@@ -78,7 +78,13 @@ def eval_command(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="FitnessConfig YAML."),
     max_items: Optional[int] = typer.Option(
-        None, "--max-items", help="First N documents per task."
+        None, "--max-items", help="Documents per task (default: the config's max_items, 200)."
+    ),
+    sample: str = typer.Option(
+        "random",
+        "--sample",
+        help="random: N per task drawn with the held-out report's fixed seed (so --split test "
+        "--max-items N scores what a run's report scored); first: lm-eval's --limit.",
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
 ) -> None:
@@ -93,6 +99,8 @@ def eval_command(
 
     if split not in ("fitness", "test"):
         raise _fail(f"--split must be fitness or test, got {split!r}")
+    if sample not in ("random", "first"):
+        raise _fail(f"--sample must be random or first, got {sample!r}")
     if max_items is not None and max_items < 1:
         raise _fail(f"--max-items must be at least 1, got {max_items}")
     problem = device_problem(device) if device is not None else None
@@ -148,8 +156,14 @@ def eval_command(
             split=split,
         )
         try:
+            picks = None
+            if sample == "random" and cfg.max_items is not None:
+                from evomerge.run.report import report_sample
+
+                counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+                picks = report_sample(counts, cfg.max_items)
             harness = FitnessHarness.build(
-                suite, tokenizer, device, config=cfg, model_config=model.config
+                suite, tokenizer, device, config=cfg, model_config=model.config, samples=picks
             )
         except (KeyError, ValueError, FileNotFoundError) as exc:
             message = str(exc.args[0] if isinstance(exc, KeyError) else exc)

@@ -196,7 +196,10 @@ class FitnessSection(FitnessConfig):
     report_max_items: Int | None = Field(
         None,
         ge=1,
-        description="Items per task for the final held-out test-split report (null: all).",
+        description=(
+            "Documents per task for the final held-out test-split report, a fixed-seed "
+            "random sample (null: fitness.max_items, the search's own count)."
+        ),
     )
 
 

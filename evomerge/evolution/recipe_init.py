@@ -143,7 +143,7 @@ inputs:
   seed: 0
 fitness:
 {_task_fitness(task)}  max_items: 32                        # documents per task and generation (a fresh sample each)
-  report_max_items: 64                 # held-out documents per task in the final report
+  report_max_items: 64                 # held-out documents per task in the final report (drawn at random)
   min_improvement: 0.05                # the target over the inputs' mean, held out
 tracking: {{wandb_mode: offline, project: evomerge}}
 # device auto: the GPU when there is one; storage auto: the inputs' own dtype; inputs auto:

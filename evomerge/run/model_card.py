@@ -139,12 +139,28 @@ def _loading(model_type: str | None) -> str:
     )
 
 
+def _documents(most: int | None, counts: dict[str, Any] | None) -> str:
+    """How many test documents the table stands on (result.json ``held_out_documents``;
+    older results have only the recipe's count, of which they scored the first)."""
+    if not counts or not all(isinstance(c, dict) for c in counts.values()):
+        return "every item of each task" if most is None else f"up to {most} items per task"
+    scored = sum(c["scored"] for c in counts.values())
+    if all(c["scored"] == c["of"] for c in counts.values()):
+        return f"all {scored:,} test documents of its {len(counts)} tasks"
+    cut = [c for c in counts.values() if c["scored"] < c["of"]]
+    rest = "; all of any task with fewer" if len(cut) < len(counts) else ""
+    return (
+        f"{scored:,} of {sum(c['of'] for c in counts.values()):,} test documents of "
+        f"{len(counts)} tasks: {max(c['scored'] for c in cut)} per task drawn at random{rest}"
+    )
+
+
 def _held_out(result: dict[str, Any], champion_id: str) -> str:
     fitness = result["recipe"]["fitness"]
     weights = ", ".join(f"{term} {w:g}" for term, w in fitness["weights"].items())
     total_weight = sum(fitness["weights"].values())
-    most = fitness.get("report_max_items")
-    items = "every item of each task" if most is None else f"up to {most} items per task"
+    most = fitness.get("report_max_items") or fitness.get("max_items")  # null: the search's
+    items = _documents(most, result.get("held_out_documents"))
     rows = [
         ("**this model**", result["test_fitness"], result["test_improvement"], "champion"),
         *(

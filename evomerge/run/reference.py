@@ -23,15 +23,19 @@ from evomerge.run.context import RunContext
 from evomerge.run.prepare import PreparedInputs
 
 
-def fitness_config(recipe: Recipe, split_items: int | None) -> Any:
-    """The harness's FitnessConfig from the recipe (``split_items``: documents per task, if set)."""
+def fitness_config(recipe: Recipe, *, report: bool = False) -> Any:
+    """The harness's FitnessConfig from the recipe: the search's (``max_items`` documents per
+    task), or with ``report`` the held-out report's: ``report_max_items`` per task, and
+    where that is null the search's ``max_items``, so the report pools its tasks in the
+    proportions the search selected on (the pooled terms weigh each task by its number of
+    documents; every test document would weigh the larger tasks more)."""
     from evomerge.fitness import FitnessConfig
 
     data = recipe.fitness.model_dump()
-    for extra in ("min_improvement", "report_max_items"):
-        data.pop(extra)
-    if split_items is not None:
-        data["max_items"] = split_items
+    report_items = data.pop("report_max_items")
+    data.pop("min_improvement")
+    if report and report_items is not None:
+        data["max_items"] = report_items
     if recipe.device.precision == "bf16":
         data["precision"] = "bf16"
     return FitnessConfig.model_validate(data)
@@ -79,7 +83,7 @@ def fitness_suite(recipe: Recipe, task_dir: Path) -> Any:
     """The fitness split's task suite (the recipe's tasks and task dirs)."""
     from evomerge.fitness import suite_for
 
-    cfg = fitness_config(recipe, None)
+    cfg = fitness_config(recipe)
     return suite_for(
         task_dir,
         domains=recipe.fitness.domains,
@@ -97,7 +101,7 @@ def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
     domains = ctx.recipe.fitness.domains
     with ctx.dist.main_process_first():
         task_dir = write_tasks(prep.layout, ctx.out / "tasks", domains=domains)
-    cfg = fitness_config(ctx.recipe, None)
+    cfg = fitness_config(ctx.recipe)
     suite = fitness_suite(ctx.recipe, task_dir)
     harness = FitnessHarness.build(
         suite, prep.tokenizer, prep.device, config=cfg, model_config=prep.model_config

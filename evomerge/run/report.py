@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -54,6 +55,8 @@ class HeldOut:
     #: normalised by; and each scored model's (``score(label=...)``): the bootstrap's data.
     input_measurements: list[Measurements] = field(default_factory=list)
     measured: dict[str, Measurements] = field(default_factory=dict)
+    #: Per task, the test documents scored (report_sample's draw) ``of`` how many it has.
+    documents: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def input_mean(self) -> float:
@@ -112,10 +115,11 @@ def held_out_scorer(
     model_config: Any,
     inputs: Iterable[PreTrainedModel],
 ) -> HeldOut:
-    """Build the test-split harness (``report_max_items`` documents per task) and score the inputs."""
+    """Build the test-split harness (``report_max_items`` documents per task, null: the
+    search's ``max_items``, drawn by :func:`report_sample`) and score the inputs."""
     from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for
 
-    cfg = fitness_config(recipe, recipe.fitness.report_max_items)
+    cfg = fitness_config(recipe, report=True)
     suite = suite_for(
         task_dir,
         domains=recipe.fitness.domains,
@@ -124,13 +128,42 @@ def held_out_scorer(
         extra_dirs=cfg.task_dirs,
         extra_tasks=cfg.metric_tasks("test"),
     )
-    harness = FitnessHarness.build(suite, tokenizer, device, config=cfg, model_config=model_config)
+    counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+    samples = report_sample(counts, cfg.max_items)
+    harness = FitnessHarness.build(
+        suite, tokenizer, device, config=cfg, model_config=model_config, samples=samples
+    )
     measured = [harness.measure(m) for m in inputs]
     as_measured = [copy.copy(m) for m in measured]  # apply_shared_cost edits in place
     fitness = CompositeFitness.from_inputs(cfg, measured)
     shared = shared_cost(measured)
     scores = [fitness.score(apply_shared_cost(m, shared)) for m in measured]
-    return HeldOut(harness, fitness, shared, scores, as_measured)
+    scored = measured[0].n_items  # what was scored, not what was asked for
+    documents = {name: {"scored": scored[name], "of": n} for name, n in counts.items()}
+    return HeldOut(harness, fitness, shared, scores, as_measured, documents=documents)
+
+
+def report_sample(counts: dict[str, int], most: int | None) -> dict[str, list[int]] | None:
+    """Which test documents the report scores: ``most`` per task, a seeded random sample
+    (the same for every run and seed, so seeds and recipes compare on one sample); None
+    (every document) when no task has more.
+
+    Not lm-eval's ``limit`` (the first ``most``): a task file in source order (a book's
+    chapters, a library's modules A to Z) would then be judged on one stretch of it,
+    and the bootstrap intervals, which treat the documents as a random sample of the
+    task, would be about that stretch, not the task. ``evomerge eval --max-items``
+    draws the same sample.
+    """
+    from evomerge.evolution.operators import derive_seed
+
+    if most is None or all(n <= most for n in counts.values()):
+        return None
+    return {
+        name: sorted(random.Random(derive_seed("report", name)).sample(range(n), most))
+        if n > most
+        else list(range(n))
+        for name, n in counts.items()
+    }
 
 
 def save_champion(
@@ -307,6 +340,7 @@ def build_result(
         **_baseline_figures(held, baselines, test_improvement, state),
         # how far the test documents' sample could move these figures
         "held_out_intervals": _intervals(ctx, held),
+        "held_out_documents": held.documents,
         "min_improvement": target,
         "checks": checks,
         # pass/fail is judged on the held-out split: the fitness split was optimised on

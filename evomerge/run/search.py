@@ -260,7 +260,7 @@ class GenomeLoop:
             self._suite,
             self.prep.tokenizer,
             self.prep.device,
-            config=fitness_config(self.ctx.recipe, None),
+            config=fitness_config(self.ctx.recipe),
             model_config=self.prep.model_config,
             samples=samples,
         )
