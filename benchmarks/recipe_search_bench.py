@@ -108,7 +108,10 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
         "config": name,
         "seed": seed,
         "sample": "random" if "held_out_documents" in result else "first",
-        "report_items": result["recipe"]["fitness"]["report_max_items"],
+        # documents per task the report scored (report_max_items, or max_items where null)
+        "report_items": max(d["scored"] for d in result["held_out_documents"].values())
+        if "held_out_documents" in result
+        else 64,
         "loop_gain_interval": intervals.get("loop_gain_test"),
         "test_improvement": result["test_improvement"],
         "uniform_average": base["uniform_average"],

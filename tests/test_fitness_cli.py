@@ -83,16 +83,24 @@ def test_eval_prints_and_writes_every_term(saved: tuple[Path, Path]) -> None:
 
 
 def test_eval_draws_the_reports_documents_or_lm_evals_first(saved: tuple[Path, Path]) -> None:
-    """--max-items N draws N per task as the held-out report does (report_sample's fixed
-    seed), so `eval --split test --max-items N` scores what a run's report scored;
-    --sample first is lm-eval's --limit."""
+    """--sample random draws N per task as the held-out report does (report_sample's fixed
+    seed; the default on --split test, so `eval --split test --max-items N` scores what a
+    run's report scored); --sample first is lm-eval's --limit, the default on --split
+    fitness (where a run's own sample is the first N)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.fitness import FitnessConfig, FitnessHarness, TaskSuite
     from evomerge.run.report import report_sample
 
     model, task_dir = saved
-    drawn, first = _eval(model, task_dir), _eval(model, task_dir, "--sample", "first")
+    drawn, first = _eval(model, task_dir, "--sample", "random"), _eval(model, task_dir)
+    assert (drawn["sample"], first["sample"]) == ("random", "first")
+    out = model.parent / "eval-test.json"
+    test_tasks = [ppl_task_name("technical", "test"), cloze_task_name("technical", "test")]
+    args = ["eval", str(model), "--task-dir", str(task_dir), "--tasks", ",".join(test_tasks)]
+    result = runner.invoke(app, [*args, "--split", "test", "--max-items", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["sample"] == "random"  # the report's documents
     suite = TaskSuite(names=tuple(TASKS), include_paths=(task_dir.resolve(),))
     counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
     assert all(n > 3 for n in counts.values())

@@ -124,15 +124,16 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     assert all(d["of"] > 16 for d in documents.values())
     assert f"never used for selection; 96 of {total:,} test documents of 6 tasks: 16 per " in card
     documents["small_task"] = {"scored": 5, "of": 5}
-    assert "16 per task drawn at random; all of any task with fewer)" in model_card(result)
+    fewer = "16 per task drawn at random with a fixed seed, the same for every run; all of any "
+    assert fewer + "task with fewer)" in model_card(result)
     for d in documents.values():
         d["scored"] = d["of"]
     every = model_card(result)
     assert f"never used for selection; all {total + 5:,} test documents of its 7 tasks)" in every
     del result["held_out_documents"]  # a result.json from before the count was recorded
-    assert "never used for selection; up to 16 items per task)" in model_card(result)
+    assert "never used for selection; the first 16 per task)" in model_card(result)
     result["recipe"]["fitness"]["report_max_items"] = None  # null: the search's count
-    assert "never used for selection; up to 8 items per task)" in model_card(result)
+    assert "never used for selection; the first 8 per task)" in model_card(result)
 
 
 def test_the_report_scores_the_drawn_documents(finished_run: tuple[Path, int]) -> None:

@@ -80,11 +80,12 @@ def eval_command(
     max_items: Optional[int] = typer.Option(
         None, "--max-items", help="Documents per task (default: the config's max_items, 200)."
     ),
-    sample: str = typer.Option(
-        "random",
+    sample: Optional[str] = typer.Option(
+        None,
         "--sample",
-        help="random: N per task drawn with the held-out report's fixed seed (so --split test "
-        "--max-items N scores what a run's report scored); first: lm-eval's --limit.",
+        help="random: N per task drawn with the held-out report's fixed seed (the default for "
+        "--split test: --max-items N scores what a run's report scored); first: the first N, "
+        "lm-eval's --limit (the default for --split fitness, the sample a run starts from).",
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
 ) -> None:
@@ -99,6 +100,7 @@ def eval_command(
 
     if split not in ("fitness", "test"):
         raise _fail(f"--split must be fitness or test, got {split!r}")
+    sample = sample or ("random" if split == "test" else "first")
     if sample not in ("random", "first"):
         raise _fail(f"--sample must be random or first, got {sample!r}")
     if max_items is not None and max_items < 1:
@@ -187,6 +189,7 @@ def eval_command(
         payload = {
             "model": str(model_dir),
             "split": split,
+            "sample": sample,
             "fitness": score.to_dict(),
             "measurements": measured.to_dict(),
             "references": {k: v.to_dict() for k, v in ref_measured.items()},

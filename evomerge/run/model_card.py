@@ -143,7 +143,7 @@ def _documents(most: int | None, counts: dict[str, Any] | None) -> str:
     """How many test documents the table stands on (result.json ``held_out_documents``;
     older results have only the recipe's count, of which they scored the first)."""
     if not counts or not all(isinstance(c, dict) for c in counts.values()):
-        return "every item of each task" if most is None else f"up to {most} items per task"
+        return "every document of each task" if most is None else f"the first {most} per task"
     scored = sum(c["scored"] for c in counts.values())
     if all(c["scored"] == c["of"] for c in counts.values()):
         return f"all {scored:,} test documents of its {len(counts)} tasks"
@@ -151,7 +151,8 @@ def _documents(most: int | None, counts: dict[str, Any] | None) -> str:
     rest = "; all of any task with fewer" if len(cut) < len(counts) else ""
     return (
         f"{scored:,} of {sum(c['of'] for c in counts.values()):,} test documents of "
-        f"{len(counts)} tasks: {max(c['scored'] for c in cut)} per task drawn at random{rest}"
+        f"{len(counts)} tasks: {max(c['scored'] for c in cut)} per task drawn at random with a "
+        f"fixed seed, the same for every run{rest}"
     )
 
 
