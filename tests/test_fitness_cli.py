@@ -102,7 +102,7 @@ def test_eval_draws_the_reports_documents_or_lm_evals_first(saved: tuple[Path, P
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["sample"] == "random"  # the report's documents
     suite = TaskSuite(names=tuple(TASKS), include_paths=(task_dir.resolve(),))
-    counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+    counts = suite.doc_counts()
     assert all(n > 3 for n in counts.values())
     tokenizer = AutoTokenizer.from_pretrained(model)
     loaded = AutoModelForCausalLM.from_pretrained(model)

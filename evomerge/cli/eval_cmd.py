@@ -162,8 +162,7 @@ def eval_command(
             if sample == "random" and cfg.max_items is not None:
                 from evomerge.run.report import report_sample
 
-                counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
-                picks = report_sample(counts, cfg.max_items)
+                picks = report_sample(suite.doc_counts(), cfg.max_items)
             harness = FitnessHarness.build(
                 suite, tokenizer, device, config=cfg, model_config=model.config, samples=picks
             )

@@ -152,6 +152,10 @@ class TaskSuite:
             )
         return dict(manager.load(list(self.names))["tasks"])
 
+    def doc_counts(self) -> dict[str, int]:
+        """Documents per task, by name: what a sample of them is drawn from."""
+        return {name: len(task.eval_docs) for name, task in self.load().items()}
+
 
 def suite_for(
     task_dir: Path,

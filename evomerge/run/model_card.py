@@ -142,7 +142,7 @@ def _loading(model_type: str | None) -> str:
 def _documents(most: int | None, counts: dict[str, Any] | None) -> str:
     """How many test documents the table stands on (result.json ``held_out_documents``;
     older results have only the recipe's count, of which they scored the first)."""
-    if not counts or not all(isinstance(c, dict) for c in counts.values()):
+    if not counts:
         return "every document of each task" if most is None else f"the first {most} per task"
     scored = sum(c["scored"] for c in counts.values())
     if all(c["scored"] == c["of"] for c in counts.values()):

@@ -128,7 +128,7 @@ def held_out_scorer(
         extra_dirs=cfg.task_dirs,
         extra_tasks=cfg.metric_tasks("test"),
     )
-    counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+    counts = suite.doc_counts()
     samples = report_sample(counts, cfg.max_items)
     harness = FitnessHarness.build(
         suite, tokenizer, device, config=cfg, model_config=model_config, samples=samples

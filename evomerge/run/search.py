@@ -146,7 +146,7 @@ class GenomeLoop:
         self.strategy = build_strategy(evo.strategy, evo.strategy_options, self.context)
         suite = fitness_suite(ctx.recipe, ref.task_dir)
         self._suite = suite
-        counts = {name: len(task.eval_docs) for name, task in suite.load().items()}
+        counts = suite.doc_counts()
         self.first = ctx.recipe.fitness.max_items or max(counts.values())
         self.samples = DocSamples(counts, self.first, evo.selection.validation_items, evo.seed)
 
