@@ -6,7 +6,9 @@ output dir, and the numbers are read back from its result.json: the held-out
 improvement over the inputs' mean (test split, 64 documents per task), the two
 honest baselines, `loop_gain_test` with its bootstrap interval, the evaluations
 used and the wall time. Rows record which test documents the report scored: the
-first 64 of each task (before session 13) or 64 drawn at random (``sample``).
+first 64 of each task (before session 13) or 64 drawn at random (``sample``), which
+fitness documents the run started from (``own_sample``: the first ``max_items`` or a
+draw by its seed, from session 14) and its generation-0 pick (``best_gen0_combo``).
 
     bash scripts/quickstart.sh            # makes runs/phase1-tiny once
     .venv/bin/python benchmarks/recipe_search_bench.py --configs seed-g3 cmaes-k2-g3 --seeds 0 1 2
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cmaes-k2e-g4-p12": _cmaes(2, 4, pop=12, emb=True),
     "cmaes-k2e-g8-s075": _cmaes(2, 8, sigma0=0.075, emb=True),  # the shipped quickstart
     "cmaes-k2-g8-s075": _cmaes(2, 8, sigma0=0.075),
+    # the shipped quickstart with its own fitness sample drawn at random (by the run's seed)
+    "cmaes-k2e-g8-s075-own-random": {
+        **_cmaes(2, 8, sigma0=0.075, emb=True),
+        "fitness": {"sample": "random"},
+    },
+    "seed-g8-own-random": {**_seed(8), "fitness": {"sample": "random"}},
     # the same document budget spent on fewer, better-measured candidates
     "cmaes-k2e-g4-s075-d32": {
         **_cmaes(2, 4, sigma0=0.075, emb=True),
@@ -85,6 +94,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _combo(config_yaml: str) -> str | None:
+    """The 3-bit label in a combo config's header ("# evomerge combo 011: ...")."""
+    found = re.search(r"combo (\d{3})", config_yaml)
+    return found.group(1) if found else None
 
 
 def run_one(name: str, seed: int) -> dict[str, Any]:
@@ -112,6 +127,8 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
         "report_items": max(d["scored"] for d in result["held_out_documents"].values())
         if "held_out_documents" in result
         else 64,
+        "own_sample": result["recipe"]["fitness"].get("sample", "first"),
+        "best_gen0_combo": _combo(result["baselines_merge_config"]["best_gen0"]),
         "loop_gain_interval": intervals.get("loop_gain_test"),
         "test_improvement": result["test_improvement"],
         "uniform_average": base["uniform_average"],

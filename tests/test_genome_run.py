@@ -35,7 +35,8 @@ def _shared_cache(data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _cmaes_recipe(tmp: Path, phase1: dict, out: str, **evolution: Any) -> Path:
-    return _recipe(tmp, phase1, out, evolution={**CMAES, **evolution})
+    # the run's own fitness sample drawn at random (the seed strategy's runs take the first)
+    return _recipe(tmp, phase1, out, evolution={**CMAES, **evolution}, fitness={"sample": "random"})
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,42 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
     # the population is genomes: beside the 3 inputs and their base, 2 models at a time
     assert result["resident_models"]["allocated"] <= 3 + 1 + search_module.IN_FLIGHT
     _check_timing(result["timing"], generations=3)
+
+
+def test_the_own_sample_is_drawn_by_the_run_seed_and_kept_out_of_validation(
+    cmaes_run: Path,
+) -> None:
+    """``fitness.sample: random``: generation 0 and the inputs' normalisation are scored on
+    ``max_items`` documents per task drawn with the run's seed (not lm-eval's first N),
+    recorded in result.json, and the validation sample the champion is crowned on is
+    drawn from the other documents."""
+    from evomerge.fitness import suite_for
+    from evomerge.run.reference import own_sample
+    from evomerge.run.search import DocSamples
+
+    result = json.loads((cmaes_run / "result.json").read_text())
+    recipe = load_recipe(cmaes_run.parent / "run.yaml")
+    counts = suite_for(cmaes_run / "tasks", split="fitness").doc_counts()
+    drawn = own_sample(recipe, counts)
+    assert drawn is not None and set(drawn) == set(counts)
+    documents = result["fitness_documents"]
+    for name, picks in drawn.items():
+        assert documents[name] == {"scored": 8, "of": counts[name], "drawn": picks}, name
+        assert len(set(picks)) == 8 and picks == sorted(picks) and max(picks) < counts[name]
+    assert any(picks != list(range(8)) for picks in drawn.values())
+    other = recipe.model_copy(deep=True)
+    other.evolution.seed += 1
+    assert own_sample(other, counts) != drawn  # another seed, other documents
+    first = recipe.model_copy(deep=True)
+    first.fitness.sample = "first"
+    assert own_sample(first, counts) is None  # lm-eval's limit: the first 8
+    samples = DocSamples(counts, drawn, 8, 8, recipe.evolution.seed)
+    for name, picks in drawn.items():
+        assert len(samples.validation[name]) == 8
+        assert not set(samples.validation[name]) & set(picks), name
+    # the first 8 kept out of validation, as before fitness.sample existed
+    plain = DocSamples(counts, None, 8, 8, recipe.evolution.seed)
+    assert all(min(v) >= 8 for v in plain.validation.values())
 
 
 def _check_timing(timing: dict, generations: int) -> None:

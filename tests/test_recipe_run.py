@@ -117,6 +117,9 @@ def test_run_writes_every_output(finished_run: tuple[Path, int]) -> None:
     assert "plugin that registers the `trm_titans_mag` architecture" in card
     from evomerge.run.model_card import model_card
 
+    # the run's own fitness sample: the first 8 per task (fitness.sample: first)
+    assert {d["scored"] for d in result["fitness_documents"].values()} == {8}
+    assert not any("drawn" in d for d in result["fitness_documents"].values())
     # 16 of each task's test documents, drawn at random (evomerge/run/report.py report_sample)
     documents = result["held_out_documents"]
     assert len(documents) == 6 and {d["scored"] for d in documents.values()} == {16}

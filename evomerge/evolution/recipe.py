@@ -121,7 +121,7 @@ class SelectionConfig(_Strict):
         "fresh",
         description=(
             "fresh: a new sample of `fitness.max_items` documents per task each generation; "
-            "fixed: the run's one fitness sample (the first `max_items` documents)."
+            "fixed: the run's own fitness sample (`fitness.sample`)."
         ),
     )
     validation_items: Int = Field(
@@ -192,6 +192,15 @@ class FitnessSection(FitnessConfig):
 
     min_improvement: FiniteFloat = Field(
         0.20, description="Target relative improvement over the inputs' mean."
+    )
+    sample: Literal["first", "random"] = Field(
+        "first",
+        description=(
+            "Which `max_items` documents per fitness task are the run's own sample (generation "
+            "0, the inputs' normalisation, the best gen-0 pick): first: the first of each "
+            "file (lm-eval's `limit`); random: drawn at random with the run's seed, for task "
+            "files in some order (a book's chapters, a library's modules A to Z)."
+        ),
     )
     report_max_items: Int | None = Field(
         None,

@@ -92,8 +92,9 @@ class FitnessConfig(BaseModel):
     task_dirs: list[Path] = Field(default_factory=list)
     #: The user's own task metrics as fitness terms (name them in ``weights``).
     task_metrics: list[TaskMetric] = Field(default_factory=list)
-    #: Documents per task, the evolution's subset (the run's first N, lm-eval's `limit`; its
-    #: minibatches draw N); also the held-out report's count when report_max_items is null.
+    #: Documents per task, the evolution's subset (the run's own sample: the first N, lm-eval's
+    #: `limit`, or N at random, `sample`; its minibatches draw N); also the held-out report's
+    #: count when report_max_items is null.
     max_items: Int | None = 200
     ppl_metric: Literal["word_perplexity", "byte_perplexity"] = "word_perplexity"
     #: Context length for rolling windows and truncation; None = the model's (as lm-eval).

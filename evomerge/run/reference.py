@@ -34,6 +34,7 @@ def fitness_config(recipe: Recipe, *, report: bool = False) -> Any:
     data = recipe.fitness.model_dump()
     report_items = data.pop("report_max_items")
     data.pop("min_improvement")
+    data.pop("sample")  # which documents: the harness's ``samples`` (own_sample below)
     if report and report_items is not None:
         data["max_items"] = report_items
     if recipe.device.precision == "bf16":
@@ -63,6 +64,12 @@ class Reference:
     composite: Any  # CompositeFitness normalised by the inputs
     input_scores: list[Any]
     shared_cost: dict[str, Any]
+    #: The run's own fitness documents per task (``fitness.sample: random``); None: the
+    #: first ``max_items`` of each (lm-eval's ``limit``), or every document.
+    sample: dict[str, list[int]] | None = None
+    #: Per task, the fitness documents scored ``of`` how many there are (and which, where
+    #: drawn): result.json ``fitness_documents``.
+    documents: dict[str, dict[str, Any]] | None = None
 
     @property
     def input_mean(self) -> float:
@@ -103,15 +110,37 @@ def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
         task_dir = write_tasks(prep.layout, ctx.out / "tasks", domains=domains)
     cfg = fitness_config(ctx.recipe)
     suite = fitness_suite(ctx.recipe, task_dir)
+    counts = suite.doc_counts()
+    sample = own_sample(ctx.recipe, counts)
     harness = FitnessHarness.build(
-        suite, prep.tokenizer, prep.device, config=cfg, model_config=prep.model_config
+        suite,
+        prep.tokenizer,
+        prep.device,
+        config=cfg,
+        model_config=prep.model_config,
+        samples=sample,
     )
     measurements = [harness.measure(m) for m in prep.each_input_model()]
     composite, shared = _normalisation(ctx, CompositeFitness, cfg, measurements)
     for m in measurements:
         apply_shared_cost(m, shared)
     scores = [composite.score(m) for m in measurements]
-    return Reference(task_dir, harness, composite, scores, shared)
+    scored = measurements[0].n_items  # what was scored, not what was asked for
+    documents = {
+        name: {"scored": scored[name], "of": n, **({"drawn": sample[name]} if sample else {})}
+        for name, n in counts.items()
+    }
+    return Reference(task_dir, harness, composite, scores, shared, sample, documents)
+
+
+def own_sample(recipe: Recipe, counts: dict[str, int]) -> dict[str, list[int]] | None:
+    """The run's own fitness documents per task (``fitness.sample``); None: lm-eval's
+    first ``max_items`` of each (or every document)."""
+    if recipe.fitness.sample == "first":
+        return None
+    from evomerge.run.documents import drawn_sample
+
+    return drawn_sample(counts, recipe.fitness.max_items, "fitness", recipe.evolution.seed)
 
 
 def _normalisation(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -154,16 +153,9 @@ def report_sample(counts: dict[str, int], most: int | None) -> dict[str, list[in
     task, would be about that stretch, not the task. ``evomerge eval --max-items``
     draws the same sample.
     """
-    from evomerge.evolution.operators import derive_seed
+    from evomerge.run.documents import drawn_sample
 
-    if most is None or all(n <= most for n in counts.values()):
-        return None
-    return {
-        name: sorted(random.Random(derive_seed("report", name)).sample(range(n), most))
-        if n > most
-        else list(range(n))
-        for name, n in counts.items()
-    }
+    return drawn_sample(counts, most, "report")
 
 
 def save_champion(
@@ -341,6 +333,8 @@ def build_result(
         # how far the test documents' sample could move these figures
         "held_out_intervals": _intervals(ctx, held),
         "held_out_documents": held.documents,
+        # the run's own fitness sample (generation 0, the normalisation): fitness.sample
+        "fitness_documents": ref.documents,
         "min_improvement": target,
         "checks": checks,
         # pass/fail is judged on the held-out split: the fitness split was optimised on

@@ -77,17 +77,25 @@ class Scored:
 class DocSamples:
     """The fitness split cut into a validation sample and a selection pool, per task, by seed."""
 
-    def __init__(self, doc_counts: dict[str, int], first: int, validation: int, seed: int):
+    def __init__(
+        self,
+        doc_counts: dict[str, int],
+        own: dict[str, list[int]] | None,
+        first: int,
+        validation: int,
+        seed: int,
+    ):
         self.validation: dict[str, list[int]] = {}
         self.pool: dict[str, list[int]] = {}
         for name, n in doc_counts.items():
-            # validation documents come after the run's own sample (the first ``first``),
-            # which generation 0 is selected on
-            later = list(range(min(first, n), n))
+            # validation documents are outside the run's own sample, which generation 0
+            # is selected on: ``own`` (fitness.sample: random), else the first ``first``
+            taken = set(own[name]) if own is not None else set(range(min(first, n)))
+            later = [i for i in range(n) if i not in taken]
             if not later:
                 raise ValueError(
                     f"task {name!r} has {n} fitness documents: none left for the validation "
-                    f"sample after the first {first} (lower fitness.max_items)"
+                    f"sample after the run's own {len(taken)} (lower fitness.max_items)"
                 )
             rng = random.Random(derive_seed(seed, "validation", name))
             picked = sorted(rng.sample(later, min(validation, len(later))))
@@ -148,7 +156,9 @@ class GenomeLoop:
         self._suite = suite
         counts = suite.doc_counts()
         self.first = ctx.recipe.fitness.max_items or max(counts.values())
-        self.samples = DocSamples(counts, self.first, evo.selection.validation_items, evo.seed)
+        self.samples = DocSamples(
+            counts, ref.sample, self.first, evo.selection.validation_items, evo.seed
+        )
 
     # ------------------------------------------------------------------ merging
     def _input_set(self) -> Any:
