@@ -39,17 +39,37 @@ def _cmaes_recipe(tmp: Path, phase1: dict, out: str, **evolution: Any) -> Path:
     return _recipe(tmp, phase1, out, evolution={**CMAES, **evolution}, fitness={"sample": "random"})
 
 
+#: What the cmaes_run fixture's run built: its Reference (the own sample's harness) and
+#: GenomeLoop (the validation sample), kept by spies that call the real functions.
+BUILT: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="module")
 def cmaes_run(
     tmp_path_factory: pytest.TempPathFactory, phase1_tiny: dict, data_cache_dir: Path
 ) -> Path:
     import os
 
+    from evomerge.run import runner
+
     os.environ["EVOMERGE_CACHE"] = str(data_cache_dir)
     tmp = tmp_path_factory.mktemp("cmaes")
-    result = CliRunner().invoke(
-        app, ["recipe", "run", str(_cmaes_recipe(tmp, phase1_tiny, "run")), "--quiet"]
-    )
+    real_reference, real_init = runner.reference_scores, search_module.GenomeLoop.__init__
+
+    def reference(*args: Any) -> Any:
+        BUILT["ref"] = real_reference(*args)
+        return BUILT["ref"]
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        BUILT["loop"] = self
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runner, "reference_scores", reference)
+        m.setattr(search_module.GenomeLoop, "__init__", init)
+        result = CliRunner().invoke(
+            app, ["recipe", "run", str(_cmaes_recipe(tmp, phase1_tiny, "run")), "--quiet"]
+        )
     assert result.exit_code in (0, 1), result.output
     return tmp / "run"
 
@@ -99,33 +119,49 @@ def test_the_own_sample_is_drawn_by_the_run_seed_and_kept_out_of_validation(
     ``max_items`` documents per task drawn with the run's seed (not lm-eval's first N),
     recorded in result.json, and the validation sample the champion is crowned on is
     drawn from the other documents."""
+    import random
+
+    from evomerge.evolution.operators import derive_seed
     from evomerge.fitness import suite_for
     from evomerge.run.reference import own_sample
     from evomerge.run.search import DocSamples
 
     result = json.loads((cmaes_run / "result.json").read_text())
     recipe = load_recipe(cmaes_run.parent / "run.yaml")
-    counts = suite_for(cmaes_run / "tasks", split="fitness").doc_counts()
+    tasks = suite_for(cmaes_run / "tasks", split="fitness").load()
+    counts = {name: len(task.eval_docs) for name, task in tasks.items()}
     drawn = own_sample(recipe, counts)
     assert drawn is not None and set(drawn) == set(counts)
-    documents = result["fitness_documents"]
-    for name, picks in drawn.items():
-        assert documents[name] == {"scored": 8, "of": counts[name], "drawn": picks}, name
-        assert len(set(picks)) == 8 and picks == sorted(picks) and max(picks) < counts[name]
     assert any(picks != list(range(8)) for picks in drawn.values())
+    ref, loop = BUILT["ref"], BUILT["loop"]
+    for name, picks in drawn.items():
+        assert len(set(picks)) == 8 and picks == sorted(picks) and max(picks) < counts[name]
+        # the run's own harness scored exactly the drawn documents, and says so
+        scored = [doc for _, doc in ref.harness._plans[name].docs]
+        assert scored == [tasks[name].eval_docs[i] for i in picks], name
+        assert result["fitness_documents"][name] == {
+            "scored": 8,
+            "of": counts[name],
+            "drawn": picks,
+        }
+        # the run's validation sample lies outside them
+        assert len(loop.samples.validation[name]) == 8
+        assert not set(loop.samples.validation[name]) & set(picks), name
     other = recipe.model_copy(deep=True)
     other.evolution.seed += 1
     assert own_sample(other, counts) != drawn  # another seed, other documents
     first = recipe.model_copy(deep=True)
     first.fitness.sample = "first"
     assert own_sample(first, counts) is None  # lm-eval's limit: the first 8
-    samples = DocSamples(counts, drawn, 8, 8, recipe.evolution.seed)
-    for name, picks in drawn.items():
-        assert len(samples.validation[name]) == 8
-        assert not set(samples.validation[name]) & set(picks), name
-    # the first 8 kept out of validation, as before fitness.sample existed
-    plain = DocSamples(counts, None, 8, 8, recipe.evolution.seed)
-    assert all(min(v) >= 8 for v in plain.validation.values())
+    # the default leaves the resume identity as it was, so older checkpoints still resume
+    assert "sample" not in recipe_identity(first)["fitness"]
+    assert recipe_identity(recipe)["fitness"]["sample"] == "random"
+    # with the first 8, validation is what it was before fitness.sample existed
+    seed = recipe.evolution.seed
+    plain = DocSamples(counts, None, 8, 8, seed)
+    for name, n in counts.items():
+        old = sorted(random.Random(derive_seed(seed, "validation", name)).sample(range(8, n), 8))
+        assert plain.validation[name] == old, name
 
 
 def _check_timing(timing: dict, generations: int) -> None:

@@ -85,7 +85,8 @@ def eval_command(
         "--sample",
         help="random: N per task drawn with the held-out report's fixed seed (the default for "
         "--split test: --max-items N scores what a run's report scored); first: the first N, "
-        "lm-eval's --limit (the default for --split fitness, the sample a run starts from).",
+        "lm-eval's --limit (the default for --split fitness: the sample a run with "
+        "fitness.sample: first starts from).",
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Default: accelerate's device."),
 ) -> None:

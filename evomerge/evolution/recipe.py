@@ -197,9 +197,10 @@ class FitnessSection(FitnessConfig):
         "first",
         description=(
             "Which `max_items` documents per fitness task are the run's own sample (generation "
-            "0, the inputs' normalisation, the best gen-0 pick): first: the first of each "
-            "file (lm-eval's `limit`); random: drawn at random with the run's seed, for task "
-            "files in some order (a book's chapters, a library's modules A to Z)."
+            "0, the inputs' normalisation, the best gen-0 pick, FrankenMerge / DFS "
+            "calibration text): first: the first of each file (lm-eval's `limit`); random: "
+            "drawn at random with the run's seed, for task files in some order (a book's "
+            "chapters, a library's modules A to Z)."
         ),
     )
     report_max_items: Int | None = Field(

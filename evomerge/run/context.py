@@ -79,6 +79,8 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     if inputs.get("models"):
         inputs["models"] = [pinned(p) for p in inputs["models"]]
     inputs["base_model"] = pinned(inputs.get("base_model"))
+    if data["fitness"].get("sample") == "first":  # the default: checkpoints from before the
+        del data["fitness"]["sample"]  # field existed still resume
     return data
 
 

@@ -135,7 +135,11 @@ def reference_scores(ctx: RunContext, prep: PreparedInputs) -> Reference:
 
 def own_sample(recipe: Recipe, counts: dict[str, int]) -> dict[str, list[int]] | None:
     """The run's own fitness documents per task (``fitness.sample``); None: lm-eval's
-    first ``max_items`` of each (or every document)."""
+    first ``max_items`` of each (or every document).
+
+    Seeded by the run's seed, not fixed as the report's draw is: seeds of one recipe then
+    average over which documents selection starts from, as well as over the search, while
+    the report still compares them all on the same test documents."""
     if recipe.fitness.sample == "first":
         return None
     from evomerge.run.documents import drawn_sample
