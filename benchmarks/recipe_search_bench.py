@@ -146,7 +146,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         by.setdefault(f"{row['config']} ({sample})", []).append(row)
 
     def gains(group: list[dict[str, Any]]) -> str:
-        spans = [r.get("loop_gain_interval") for r in group]
+        spans: list[Any] = [r.get("loop_gain_interval") for r in group]
         if not all(spans):
             return "—"
         return " / ".join(f"[{lo:+.1%}, {hi:+.1%}]" for lo, hi in spans)

@@ -137,7 +137,8 @@ def reference_candidate(
         os.chdir(cwd)
     suite = suite_for(out / "tasks", split="fitness")
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(family / "model_1")
     lm_eval.simple_evaluate(
         model=EvoMergeLM(pretrained=model, tokenizer=tokenizer),
