@@ -66,10 +66,15 @@ class Reference:
     shared_cost: dict[str, Any]
     #: The run's own fitness documents per task (``fitness.sample: random``); None: the
     #: first ``max_items`` of each (lm-eval's ``limit``), or every document.
-    sample: dict[str, list[int]] | None = None
+    sample: dict[str, list[int]] | None
     #: Per task, the fitness documents scored ``of`` how many there are (and which, where
     #: drawn): result.json ``fitness_documents``.
-    documents: dict[str, dict[str, Any]] | None = None
+    documents: dict[str, dict[str, Any]]
+
+    @property
+    def doc_counts(self) -> dict[str, int]:
+        """Documents per fitness task (what the search's samples are drawn from)."""
+        return {name: d["of"] for name, d in self.documents.items()}
 
     @property
     def input_mean(self) -> float:

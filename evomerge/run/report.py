@@ -144,15 +144,9 @@ def held_out_scorer(
 
 def report_sample(counts: dict[str, int], most: int | None) -> dict[str, list[int]] | None:
     """Which test documents the report scores: ``most`` per task, a seeded random sample
-    (the same for every run and seed, so seeds and recipes compare on one sample); None
-    (every document) when no task has more.
-
-    Not lm-eval's ``limit`` (the first ``most``): a task file in source order (a book's
-    chapters, a library's modules A to Z) would then be judged on one stretch of it,
-    and the bootstrap intervals, which treat the documents as a random sample of the
-    task, would be about that stretch, not the task. ``evomerge eval --max-items``
-    draws the same sample.
-    """
+    (why not the first ``most``: evomerge/run/documents.py), the same for every run and
+    seed, so seeds and recipes compare on one sample; None (every document) when no task
+    has more. ``evomerge eval --max-items`` draws the same sample."""
     from evomerge.run.documents import drawn_sample
 
     return drawn_sample(counts, most, "report")

@@ -152,9 +152,8 @@ class GenomeLoop:
             has_base=self.base is not None,
         )
         self.strategy = build_strategy(evo.strategy, evo.strategy_options, self.context)
-        suite = fitness_suite(ctx.recipe, ref.task_dir)
-        self._suite = suite
-        counts = suite.doc_counts()
+        self._suite = fitness_suite(ctx.recipe, ref.task_dir)
+        counts = ref.doc_counts  # the reference already loaded the tasks
         self.first = ctx.recipe.fitness.max_items or max(counts.values())
         self.samples = DocSamples(
             counts, ref.sample, self.first, evo.selection.validation_items, evo.seed
