@@ -64,22 +64,50 @@ def _distribution_of(ep: EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
+def _record(name: str, source: str, error: str, detail: str = "") -> None:
+    problem = PluginLoadError(name=name, source=source, error=error, detail=detail)
+    if all((e.name, e.error) != (name, error) for e in _load_errors):  # registries rebuild
+        _load_errors.append(problem)
+
+
 def _register_entry_point(pm: pluggy.PluginManager, ep: EntryPoint) -> None:
-    """Import and register one entry point; a failure is recorded, never raised."""
+    """Import, register and check one entry point; a failure is recorded, never raised."""
     package, dist_version = _distribution_of(ep)
-    try:
-        pm.register(ep.load(), name=ep.name)
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
-        _load_errors.append(
-            PluginLoadError(
-                name=ep.name,
-                source=f"{package} {dist_version} ({ep.value})",
-                error=f"{type(exc).__name__}: {exc}",
-                detail=traceback.format_exc(),
+    source = f"{package} {dist_version} ({ep.value})"
+    taken = pm.get_plugin(ep.name)
+    if taken is not None:
+        if _PLUGIN_SOURCES.get(ep.name, ("", ""))[0] != package:
+            owner = " ".join(_package_of(ep.name, taken))
+            _record(
+                ep.name, source, f"entry point name {ep.name!r} is taken by {owner}; rename one"
             )
-        )
+        return
+    plugin = None
+    try:
+        plugin = ep.load()
+        pm.register(plugin, name=ep.name)
+        pm.check_pending()  # a misspelt hook name (``hookimpl`` on no spec) is this plugin's error
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
+        if plugin is not None and pm.is_registered(plugin):
+            pm.unregister(plugin)
+        _record(ep.name, source, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return
     _PLUGIN_SOURCES[ep.name] = (package, dist_version)
+
+
+def record_plugin_problem(name: str, error: str) -> None:
+    """A loaded plugin whose hook failed or returned the wrong thing: reported like a load
+    failure (``plugins list``, unknown-name errors) while the other plugins keep working."""
+    package, dist_version = _PLUGIN_SOURCES.get(name, ("evomerge", version("evomerge")))
+    _record(name, f"{package} {dist_version}", error)
+
+
+def load_error_note() -> str:
+    """``"; plugins that failed to load: ..."`` for an unknown-name error, or ``""``."""
+    if not _load_errors:
+        return ""
+    failed = ", ".join(f"{e.name!r} ({e.error})" for e in _load_errors)
+    return f"; plugins that failed to load: {failed}"
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -98,10 +126,13 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.add_hookspecs(hookspecs)
         for module_name in DEFAULT_PLUGINS:
             pm.register(importlib.import_module(module_name), name=module_name)
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
-                _register_entry_point(pm, ep)
         pm.check_pending()
+        # evomerge's own entry points first: a third party reusing one of their names is
+        # the one reported, whatever order the site dirs list them in
+        points = entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(points, key=lambda e: (_distribution_of(e)[0] != "evomerge", e.name)):
+            if not pm.is_blocked(ep.name):
+                _register_entry_point(pm, ep)
         if os.environ.get("EVOMERGE_TRACE_HOOKS"):
             pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
             pm.enable_tracing()

@@ -12,10 +12,14 @@ import torch
 from test_recipe_run import _recipe, check_model_card
 from typer.testing import CliRunner
 
+from evomerge import hookimpl
 from evomerge.cli import app
 from evomerge.evolution.checkpoint import Checkpoint, CheckpointError
 from evomerge.evolution.recipe import load_recipe
 from evomerge.evolution.run import Run
+from evomerge.fitness import TaskMetricTerm
+from evomerge.fitness.tasks import cloze_task_name
+from evomerge.plugins import get_plugin_manager
 from evomerge.run import search as search_module
 from evomerge.run.context import recipe_hash, recipe_identity
 
@@ -263,3 +267,55 @@ def test_bad_strategy_input_is_one_line_exit_2_nothing_written(
     text = " ".join(result.output.split())
     assert f"{recipe}:" in text and field in text and needle in text, text
     assert not (tmp_path / "bad").exists()
+
+
+class _NarrativeTerm:
+    """A plugin's TaskMetricTerm (docs/plugins.md), with or without a held-out test task."""
+
+    def __init__(self, test_task: str | None) -> None:
+        self.test_task = test_task
+
+    @hookimpl
+    def evomerge_register_fitness_terms(self) -> list[TaskMetricTerm]:
+        task = cloze_task_name("narrative", "fitness")
+        return [TaskMetricTerm("narrative_acc", task, "acc_norm", test_task=self.test_task)]
+
+
+def _plugin_term_run(tmp: Path, phase1: dict, test_task: str | None) -> Any:
+    weights = {
+        "perplexity": 0.4,
+        "accuracy": 0.3,
+        "speed": 0.2,
+        "memory": 0.1,
+        "narrative_acc": 0.3,
+    }
+    evolution = {**CMAES, "generations": 1, "strategy_options": {"popsize": 2, "sigma0": 0.2}}
+    recipe = _recipe(tmp, phase1, "run", evolution=evolution, fitness={"weights": weights})
+    pm = get_plugin_manager()
+    pm.register(_NarrativeTerm(test_task), name="test_narrative_term")  # the registries see it
+    try:
+        return CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    finally:
+        pm.unregister(name="test_narrative_term")
+
+
+def test_a_plugin_task_term_needs_a_test_task_before_anything_runs(
+    phase1_tiny: dict, tmp_path: Path
+) -> None:
+    result = _plugin_term_run(tmp_path, phase1_tiny, None)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "fitness.weights.narrative_acc" in text and "names no test_task" in text, text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plugin_task_term_is_searched_on_its_task_and_reported_on_its_test_task(
+    phase1_tiny: dict, tmp_path: Path
+) -> None:
+    """The held-out report scores the term on its test task (it used to ask for the fitness
+    task, which the test suite does not measure, and crash after the whole search)."""
+    result = _plugin_term_run(tmp_path, phase1_tiny, cloze_task_name("narrative", "test"))
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert "narrative_acc" in report["champion_terms"]
+    assert 0.0 <= report["champion_test_raw"]["narrative_acc"] <= 1.0

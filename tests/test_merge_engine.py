@@ -197,6 +197,31 @@ def test_a_bad_streamed_stage_reruns_stage_by_stage(tiny_llama_family, monkeypat
         assert torch.equal(out[key], cached[key]), key
 
 
+def test_a_kernel_that_raises_falls_back_to_linear_streamed_or_not(
+    tiny_llama_family, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """docs/merging.md "Failures": an exception in a kernel is a linear stage, logged, on
+    either path (the streamed one reruns the config stage by stage)."""
+    dare = get_method("dare")
+
+    def broken(deltas, *, weights, name, params):  # type: ignore[no-untyped-def]
+        raise RuntimeError("my kernel is broken")
+
+    monkeypatch.setattr(dare, "merge_deltas", broken)
+    models = tiny_llama_family.models
+    outs, cached = [], InputSet(models)
+    for inputs in (cached, InputSet(models, cache=False)):
+        out: dict[str, torch.Tensor] = {}
+        result = MergeEngine().merge_combo("001", inputs, out=out, seed=0)
+        assert result.fallbacks == ["stage 2 (dare): RuntimeError: my kernel is broken"]
+        outs.append(out)
+    stage2 = next(t for t, stage_log in cached.stage_cache.values() if stage_log.name == "stage2")
+    for key in models[0]:  # the linear merge of the stage's inputs, M1 M2 M3 at 1/3 each
+        torch.testing.assert_close(stage2[key], sum(m[key] for m in models) / 3)
+    for key in outs[0]:  # streamed: rerun stage by stage, the same numbers
+        assert torch.equal(outs[0][key], outs[1][key]), key
+
+
 def test_bad_inputs_are_clear_errors(tiny_llama_family) -> None:  # type: ignore[no-untyped-def]
     models = tiny_llama_family.models
     short = dict(models[1])

@@ -276,11 +276,11 @@ def test_name_clash_names_both_plugins() -> None:
         MethodRegistry.from_plugin_manager(pm)
     pm2 = pluggy.PluginManager("evomerge")
     pm2.add_hookspecs(hookspecs)
-    pm2.register(_plugin("multislerp"), name="sneaky")
+    pm2.register(_plugin("slerp_chain"), name="sneaky")  # one of slerp's mergekit names
     import evomerge.merge.methods as builtins
 
     pm2.register(builtins, name="builtins")
-    with pytest.raises(ValueError, match="'multislerp' is registered by both"):
+    with pytest.raises(ValueError, match="'slerp_chain' is registered by both"):
         MethodRegistry.from_plugin_manager(pm2)
 
 

@@ -199,6 +199,10 @@ def check_model_card(champion: Path, result: dict) -> None:
     assert f"so the inputs average {sum(weights.values()):g}:" in text
     assert f"candidate `{result['champion_lineage'][-1]['id']}`" in text
     assert result["champion_merge_config"].rstrip() in text
+    if result["inputs"]["base_model"]:  # whether the champion's own config merges the base
+        anchored = "- model: base_model" in result["champion_merge_config"]
+        role = "stage-1 weights are task vectors against it" if anchored else "does not use it"
+        assert f"- their common base (the champion's {role}): `" in text
 
 
 @pytest.mark.parametrize("inputs", ["disk", "device"])

@@ -98,6 +98,7 @@ def eval_command(
     from evomerge.evolution.recipe import error_loc, yaml_problem
     from evomerge.fitness import CompositeFitness, FitnessConfig, FitnessHarness, TaskSuite
     from evomerge.fitness.tasks import generated_task_names, write_tasks
+    from evomerge.fitness.terms import term_tasks
 
     if split not in ("fitness", "test"):
         raise _fail(f"--split must be fitness or test, got {split!r}")
@@ -139,6 +140,10 @@ def eval_command(
         updates["max_items"] = max_items
     cfg = cfg.model_copy(update=updates)
     names = _split_names(tasks) or cfg.tasks
+    try:
+        extra = term_tasks(cfg, split)  # the task-metric terms' tasks, the plugins' too
+    except (KeyError, ValueError) as exc:
+        raise _fail(f"{config or 'fitness'}: weights: {exc}") from None
     refs = list(reference or [])
     model, tokenizer = _load(model_dir)
     with tempfile.TemporaryDirectory(prefix="evomerge-tasks-") as tmp:
@@ -154,7 +159,7 @@ def eval_command(
             ]
         chosen = tuple(names or generated_task_names(cfg.domains, split))
         suite = TaskSuite(
-            names=chosen + tuple(t for t in cfg.metric_tasks(split) if t not in chosen),
+            names=chosen + tuple(t for t in extra if t not in chosen),
             include_paths=tuple(Path(p).resolve() for p in include),
             split=split,
         )

@@ -17,16 +17,20 @@ def _group() -> None:
 
 
 def _registrations() -> dict[str, list[str]]:
-    """What each plugin registers, per plugin name: ``architectures: ...``, ``merge_methods: ...``."""
+    """What each plugin registers, per plugin name: ``architectures: ...``, ``merge_methods: ...``.
+
+    Built before the load errors are read: a hook that fails is recorded while collecting."""
     from evomerge.architectures import ARCHITECTURES
     from evomerge.fitness.terms import FITNESS_TERMS
     from evomerge.merge.registry import MERGE_METHODS
     from evomerge.registry import Registry
+    from evomerge.search.strategy import STRATEGIES
 
     registries: list[tuple[str, Registry[Any]]] = [
         ("architectures", ARCHITECTURES),
         ("merge_methods", MERGE_METHODS),
         ("fitness_terms", FITNESS_TERMS),
+        ("strategies", STRATEGIES),
     ]
     found: dict[str, list[str]] = {}
     for kind, registry in registries:

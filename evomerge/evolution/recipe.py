@@ -58,8 +58,9 @@ class InputsConfig(_Strict):
     )
     base_model: Path | None = Field(
         None,
-        description="Optional common ancestor (needed by `reference: ancestor`); a dir or a "
-        "cached repo id, as `models`.",
+        description="Optional common ancestor of the inputs; a dir or a cached repo id, as "
+        "`models`. With it `cmaes` (`anchor: auto`) searches the stage-1 weights as task-vector "
+        "coefficients against it; the seed loop does not use it.",
     )
     architecture: str | None = Field(
         None,

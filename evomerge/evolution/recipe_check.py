@@ -103,18 +103,28 @@ def _with_seed(method: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
     """Each ``fitness.weights`` key is a term some plugin registers."""
     from evomerge.fitness.terms import (
+        TaskMetricTerm,
         UnknownFitnessTermError,
         get_fitness_term,
         registered_fitness_terms,
     )
 
-    for name in recipe.fitness.weights:
+    for name, weight in recipe.fitness.weights.items():
         try:
-            get_fitness_term(name, recipe.fitness)
+            term = get_fitness_term(name, recipe.fitness)
         except UnknownFitnessTermError as exc:
             yield ("fitness", "weights", name), str(exc)
+            continue
         except ValueError as exc:  # a task metric lm-eval cannot orient
             yield ("fitness", "weights", name), str(exc)
+            continue
+        if weight > 0 and isinstance(term, TaskMetricTerm) and term.test_task is None:
+            yield (
+                ("fitness", "weights", name),
+                f"{name!r} scores lm-eval task {term.task!r} but names no test_task, so the "
+                "held-out report could only score it on documents the search selected on; "
+                "give its TaskMetricTerm a test_task",
+            )
     registered = set(registered_fitness_terms())
     for i, spec in enumerate(recipe.fitness.task_metrics):
         if spec.name in registered:

@@ -55,11 +55,25 @@ class FitnessTerm(abc.ABC):
 
 
 class TaskMetricTerm(FitnessTerm):
-    """One lm-eval metric of one measured task, as a fitness term (e.g. a plugin's own task)."""
+    """One lm-eval metric of one measured task, as a fitness term (e.g. a plugin's own task).
 
-    def __init__(self, name: str, task: str, metric: str, *, higher_is_better: bool = True) -> None:
+    ``test_task``: the task of held-out documents that the final report scores instead
+    (never used for selection); a run refuses a weighted term without one, since the
+    report could only score it on documents the search selected on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task: str,
+        metric: str,
+        *,
+        test_task: str | None = None,
+        higher_is_better: bool = True,
+    ) -> None:
         self._name = name
         self.task = task
+        self.test_task = test_task
         self.metric = metric
         self.higher_is_better = higher_is_better
         self.unit = metric
@@ -67,14 +81,21 @@ class TaskMetricTerm(FitnessTerm):
     def name(self) -> str:
         return self._name
 
+    def task_for(self, split: str) -> str | None:
+        """The task this term reads on ``split`` (``test``: its test task, maybe None)."""
+        return self.test_task if split == "test" else self.task
+
     def raw(self, measurements: Measurements) -> float:
+        # The held-out harness measures the test task instead; both never meet in one suite.
+        task = self.test_task if self.test_task in measurements.tasks else self.task
         try:
-            return float(measurements.metric(self.task, self.metric))
+            return float(measurements.metric(task, self.metric))
         except KeyError as exc:
             raise KeyError(f"fitness term {self._name!r}: {exc.args[0]}") from None
 
     def description(self) -> str:
-        return f"{self.metric} of lm-eval task {self.task}"
+        held_out = f" (held out: {self.test_task})" if self.test_task else ""
+        return f"{self.metric} of lm-eval task {self.task}{held_out}"
 
 
 class RecipeTaskMetricTerm(TaskMetricTerm):
@@ -91,19 +112,9 @@ class RecipeTaskMetricTerm(TaskMetricTerm):
                 f"task_metrics {spec.name!r}: lm-eval does not know whether a higher "
                 f"{spec.metric!r} is better; set higher_is_better"
             )
-        super().__init__(spec.name, spec.task, spec.metric, higher_is_better=higher)
-        self.test_task = spec.test_task
-
-    def raw(self, measurements: Measurements) -> float:
-        # The held-out harness measures the test task instead; both never meet in one suite.
-        task = self.test_task if self.test_task in measurements.tasks else self.task
-        try:
-            return float(measurements.metric(task, self.metric))
-        except KeyError as exc:
-            raise KeyError(f"fitness term {self._name!r}: {exc.args[0]}") from None
-
-    def description(self) -> str:
-        return f"{self.metric} of lm-eval task {self.task} (held out: {self.test_task})"
+        super().__init__(
+            spec.name, spec.task, spec.metric, test_task=spec.test_task, higher_is_better=higher
+        )
 
 
 FITNESS_TERMS: Registry[FitnessTerm] = Registry(
@@ -135,3 +146,14 @@ def get_fitness_term(name: str, config: FitnessConfig | None = None) -> FitnessT
             raise
         own = ", ".join(m.name for m in config.task_metrics)
         raise UnknownFitnessTermError(f"{exc.args[0]}; task_metrics: {own}") from None
+
+
+def term_tasks(config: FitnessConfig, split: str) -> list[str]:
+    """The tasks the suite of ``split`` must measure for the config's task-metric terms:
+    the recipe's ``task_metrics`` and the weighted terms plugins register alike."""
+    tasks = config.metric_tasks(split)
+    for name, weight in config.weights.items():
+        term = get_fitness_term(name, config) if weight > 0 else None
+        if isinstance(term, TaskMetricTerm) and (task := term.task_for(split)) is not None:
+            tasks.append(task)
+    return list(dict.fromkeys(tasks))

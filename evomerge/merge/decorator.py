@@ -70,6 +70,11 @@ def _parameter(method: str, p: inspect.Parameter, hint: Any) -> MethodParameter:
     if typing.get_origin(hint) is typing.Literal:
         choices = tuple(str(a) for a in typing.get_args(hint))
         hint = str
+    if hint is inspect.Parameter.empty:
+        raise TypeError(
+            f"merge method {method!r} parameter {p.name!r} has no type hint and no default: "
+            "annotate it (bool, int, float, str or Literal[...])"
+        )
     if hint not in _SCALARS:
         raise TypeError(
             f"merge method {method!r} parameter {p.name!r}: type hint must be bool, int, float, "
@@ -190,6 +195,11 @@ def merge_method(
     into mergekit by evomerge); built-ins use it to say mergekit's own
     ``linear`` / ``ties`` compute the same numbers.
     """
+    if not isinstance(name, str):  # ``@merge_method`` without a call: ``name`` is the function
+        raise TypeError(
+            f"@evomerge.merge_method needs the method's name, as in "
+            f'@evomerge.merge_method("{getattr(name, "__name__", "name")}"); got {name!r}'
+        )
     if stage not in STAGES:
         raise ValueError(f"merge method {name!r}: stage must be one of {', '.join(STAGES)}")
 
@@ -202,6 +212,13 @@ def merge_method(
         else:
             method = FunctionTensorMethod()
         method._setup(fn, name, stage, mergekit)
+        names = [p.name for p in method.parameters()]
+        taken = sorted({n for n in names if names.count(n) > 1})
+        if taken:
+            raise TypeError(
+                f"merge method {name!r} parameter {taken[0]!r}: the engine already has a "
+                f"parameter of that name (declare `weights` to receive the per-input weights)"
+            )
         return method
 
     return wrap

@@ -40,7 +40,7 @@ from evomerge.merge.stages import (
     run_tensorwise,
     run_whole_model,
 )
-from evomerge.merge.streaming import Chain, ChainNotFinite, plan_chains, run_chain
+from evomerge.merge.streaming import Chain, ChainFailed, plan_chains, run_chain
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -146,7 +146,7 @@ class MergeEngine:
                         for s in resolved.slices
                     ]
                 index += 1
-        except ChainNotFinite:
+        except ChainFailed:
             return self.run_config(
                 config, inputs, out=out, scratch_model=scratch_model, label=label, stream=False
             )
@@ -210,13 +210,18 @@ class MergeEngine:
             assert isinstance(resolved.method, TaskArithmeticMethod | TensorMergeMethod)
             methods.append(resolved.method)
             logs.append(_new_log(index, stage, resolved.method))
-        run_chain(chain, calls, methods, logs, inputs)
+        try:
+            run_chain(chain, calls, methods, logs, inputs)
+        except MergeConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the stage-by-stage rerun falls back and logs it
+            raise ChainFailed from exc
         target = calls[-1].target
         fill_aliases(target, inputs, calls[-1].final)
         try:
             check_output(target, inputs)
         except BadStage:
-            raise ChainNotFinite from None
+            raise ChainFailed from None
         return logs
 
     # -- one stage ------------------------------------------------------------

@@ -131,7 +131,8 @@ def mergekit_method(method: MergeMethod, alias: MergekitAlias) -> Any:
 def register_with_mergekit(registry: MethodRegistry | None = None) -> list[str]:
     """Add every non-native evomerge method alias to mergekit's registry (idempotent).
 
-    A name mergekit already uses for a different method is an error naming the plugin.
+    None clashes with mergekit's own methods: the registry refuses those names
+    (``evomerge.merge.registry.mergekit_builtin_names``).
     """
     from mergekit.merge_methods import registry as mk_registry
 
@@ -146,12 +147,6 @@ def register_with_mergekit(registry: MethodRegistry | None = None) -> list[str]:
             continue
         if _REGISTERED.get(alias.name) is method:
             continue
-        existing = {m.spec.name for m in mk_registry.registered_methods()}
-        if alias.name in existing and alias.name not in _REGISTERED:
-            raise ValueError(
-                f"merge method {alias.name!r} from plugin {resolved.plugin!r} clashes with "
-                f"mergekit's built-in {alias.name!r}: give the evomerge method another name"
-            )
         mk_registry._METHODS.pop(alias.name, None)  # re-registration after a registry rebuild
         mk_registry.register(mergekit_method(method, alias))
         _REGISTERED[alias.name] = method

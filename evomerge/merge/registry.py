@@ -4,11 +4,13 @@ Like mergekit's ``merge_methods.registry``: a flat table keyed by name and a
 ``get(name)`` that fails loudly listing what exists. Collection, name clashes
 and caching are the generic :class:`evomerge.registry.Registry`'s; this module
 adds the stage check and the mergekit names (``multislerp`` = ``slerp`` with
-``mode: multislerp``), which may not clash either.
+``mode: multislerp``), which may not clash either, with each other or with
+mergekit's own methods.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,6 +22,22 @@ from evomerge.registry import Entry, Registry, UnknownNameError
 
 class UnknownMergeMethodError(UnknownNameError):
     """No plugin registers a merge method of that name."""
+
+
+@functools.cache
+def mergekit_builtin_names() -> frozenset[str]:
+    """The merge methods mergekit itself defines (not those evomerge registers into it).
+
+    A plugin method written under one of these names would be replayed by mergekit as
+    mergekit's method, with other numbers, so the name is refused when it registers.
+    """
+    from mergekit.merge_methods import registry
+
+    return frozenset(
+        m.spec.name
+        for m in registry.registered_methods()
+        if type(m).__module__.split(".")[0] == "mergekit"
+    )
 
 
 #: Class-based methods come from the hook; ``@merge_method`` ones from plugin modules' namespaces.
@@ -66,6 +84,11 @@ class MethodRegistry:
             )
         aliases = method.mergekit_aliases()
         for alias in aliases:
+            if not alias.native and alias.name in mergekit_builtin_names():
+                raise ValueError(
+                    f"merge method {name!r} from plugin {plugin!r} is written as "
+                    f"{alias.name!r}, mergekit's own method of that name: give it another name"
+                )
             other = self._aliases.get(alias.name)
             if other is not None:
                 raise ValueError(
@@ -86,8 +109,11 @@ class MethodRegistry:
             return self._methods[name]
         if name in self._aliases:
             return self._aliases[name].method
+        from evomerge.plugins import load_error_note
+
         raise UnknownMergeMethodError(
-            f"no plugin registers merge method {name!r}; registered: {', '.join(self.names()) or 'none'}"
+            f"no plugin registers merge method {name!r}; registered: "
+            f"{', '.join(self.names()) or 'none'}{load_error_note()}"
         )
 
     def resolve(self, merge_method: str) -> ResolvedName:

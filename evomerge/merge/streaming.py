@@ -40,8 +40,9 @@ Tensors = Mapping[str, torch.Tensor]
 Resolve = Callable[[StageDoc], tuple[StageDoc, Mapping[str, object], object]]
 
 
-class ChainNotFinite(Exception):
-    """An intermediate of a streamed chain was not finite: rerun the config stage by stage."""
+class ChainFailed(Exception):
+    """A streamed chain's kernel raised or an intermediate was not finite: rerun the config
+    stage by stage, where the failing stage falls back to linear and says so in its log."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,6 @@ def run_chain(
         log.seconds = spent
         log.details["streamed"] = True
     if sums and not bool(torch.isfinite(torch.stack(sums)).all()):
-        raise ChainNotFinite
+        raise ChainFailed
     for step in steps[:-1]:
         step.call.target.clear()

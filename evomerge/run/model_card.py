@@ -134,7 +134,7 @@ def _loading(model_type: str | None) -> str:
         return f"Loads with {load}, with the inputs' tokenizer and generation config."
     return (
         f"Loads with {load} once the evomerge plugin that registers the `{model_type}` "
-        "architecture is imported (`import evomerge` loads the installed plugins), with the "
+        "architecture is loaded (`import evomerge; evomerge.load_plugins()`), with the "
         "inputs' tokenizer and generation config."
     )
 
@@ -246,7 +246,14 @@ def _inputs(result: dict[str, Any]) -> str:
     lines = [f"- `{path}`" for path in inputs.get("models") or []]
     base = inputs.get("base_model")
     if base:
-        lines.append(f"- their base (task vectors are taken against it): `{base}`")
+        # only a genome anchored at the ancestor merges it (stage 1 names it `base_model`)
+        used = "model: base_model" in (result.get("champion_merge_config") or "")
+        role = (
+            "the champion's stage-1 weights are task vectors against it"
+            if used
+            else "the champion's merge does not use it"
+        )
+        lines.append(f"- their common base ({role}): `{base}`")
     return "## Inputs\n\n" + "\n".join(lines)
 
 

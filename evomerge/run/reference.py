@@ -94,6 +94,7 @@ class Reference:
 def fitness_suite(recipe: Recipe, task_dir: Path) -> Any:
     """The fitness split's task suite (the recipe's tasks and task dirs)."""
     from evomerge.fitness import suite_for
+    from evomerge.fitness.terms import term_tasks
 
     cfg = fitness_config(recipe)
     return suite_for(
@@ -102,7 +103,7 @@ def fitness_suite(recipe: Recipe, task_dir: Path) -> Any:
         split="fitness",
         tasks=cfg.tasks,
         extra_dirs=cfg.task_dirs,
-        extra_tasks=cfg.metric_tasks("fitness"),
+        extra_tasks=term_tasks(cfg, "fitness"),
     )
 
 

@@ -117,6 +117,7 @@ def held_out_scorer(
     """Build the test-split harness (``report_max_items`` documents per task, null: the
     search's ``max_items``, drawn by :func:`report_sample`) and score the inputs."""
     from evomerge.fitness import CompositeFitness, FitnessHarness, suite_for
+    from evomerge.fitness.terms import term_tasks
 
     cfg = fitness_config(recipe, report=True)
     suite = suite_for(
@@ -125,7 +126,7 @@ def held_out_scorer(
         split="test",
         tasks=None,
         extra_dirs=cfg.task_dirs,
-        extra_tasks=cfg.metric_tasks("test"),
+        extra_tasks=term_tasks(cfg, "test"),
     )
     counts = suite.doc_counts()
     samples = report_sample(counts, cfg.max_items)

@@ -232,8 +232,23 @@ def _strategy_name(cls: type[Any]) -> str:
     return str(cls.name)
 
 
+def _strategy_problem(cls: type[Any]) -> str | None:
+    """Why a registered class cannot run: the run drives any strategy but the built-in seed
+    loop through the genome loop, so ``kind`` must say so (a ``weights`` one would be
+    replaced by the seed's loop, its ``propose`` never called)."""
+    if not isinstance(getattr(cls, "name", None), str):
+        return "it has no `name` string"
+    if cls is not SeedStrategy and getattr(cls, "kind", None) != "genomes":
+        return f'kind must be "genomes", got {getattr(cls, "kind", None)!r}'
+    return None
+
+
 STRATEGIES: Registry[type[Any]] = Registry(
-    "search strategy", "evomerge_register_strategies", type, _strategy_name
+    "search strategy",
+    "evomerge_register_strategies",
+    type,
+    _strategy_name,
+    check=_strategy_problem,
 )
 
 

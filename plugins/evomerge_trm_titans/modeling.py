@@ -660,13 +660,15 @@ class TrmTitansForCausalLM(TrmTitansPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs: Any,
+        self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any
     ) -> dict[str, Any]:
-        """No cache: every step re-runs the whole prefix (the memory is rebuilt from M0 anyway)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
+        """No cache: every step re-runs the whole prefix (the memory is rebuilt from M0 anyway).
+
+        ``*args, **kwargs``: transformers releases differ in what else this takes (5.20 adds
+        ``next_sequence_length``); ``generate`` passes the mask by keyword in all of them.
+        """
+        mask = kwargs.get("attention_mask")
+        return {"input_ids": input_ids, "attention_mask": mask, "logits_to_keep": 1}
 
     def forward(
         self,
