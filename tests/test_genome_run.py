@@ -83,6 +83,8 @@ def test_champion_is_crowned_on_the_validation_sample(cmaes_run: Path) -> None:
     search = result["search"]
     assert search["strategy"] == "cmaes"
     assert search["evaluations"] == 8 + 2 * 4  # generation 0, then 2 generations of 4
+    # the candidates' combos, not every merge (crowning and the report merge some again)
+    assert sum(result["merge_combo_usage"].values()) == search["evaluations"]
     crowning = search["crowning"]
     ids = [c["id"] for c in crowning]
     # the latest generations' bests, the CMA-ES mean and the best generation-0 combo

@@ -201,7 +201,9 @@ def check_model_card(champion: Path, result: dict) -> None:
     assert result["champion_merge_config"].rstrip() in text
     if result["inputs"]["base_model"]:  # whether the champion's own config merges the base
         anchored = "- model: base_model" in result["champion_merge_config"]
-        role = "stage-1 weights are task vectors against it" if anchored else "does not use it"
+        role = (
+            "stage-1 weights are task vectors against it" if anchored else "merge does not use it"
+        )
         assert f"- their common base (the champion's {role}): `" in text
 
 
@@ -231,6 +233,9 @@ def test_lineage_rebuild_out_saves_the_champion_with_its_card(
         app, ["lineage", "rebuild", str(out / "result.json"), "--out", str(rebuilt)]
     )
     assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"saved rebuilt champion to {rebuilt}" in said
+    assert f"lineage nodes: bit-identical to the run's champion, {out / 'champion'}" in said
     wa = load_file(str(out / "champion" / "model.safetensors"))
     wb = load_file(str(rebuilt / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -376,6 +381,38 @@ def test_resume_after_kill_gives_the_same_champion(
     wa = load_file(str(finished_run[0] / "champion" / "model.safetensors"))
     wb = load_file(str(tmp_path / "killed" / "champion" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigterm_stops_the_run_like_ctrl_c_and_it_resumes(
+    phase1_tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch scheduler's SIGTERM after generation 1: exit 143 with the resume hint, the
+    checkpoint kept, and --resume finishes the run."""
+    import os
+    import signal
+
+    original = loop_module.EvolutionLoop.step
+    count = {"n": 0}
+
+    def step(self: loop_module.EvolutionLoop) -> None:
+        count["n"] += 1
+        if count["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from outside
+        original(self)
+
+    recipe = _recipe(tmp_path, phase1_tiny, "termed", evolution={"generations": 2})
+    before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        m.setattr(loop_module.EvolutionLoop, "step", step)
+        result = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
+    assert result.exit_code == 143, result.output
+    said = " ".join(result.output.split())
+    assert "terminated (SIGTERM):" in said and "--resume" in said, said
+    assert (tmp_path / "termed" / ".checkpoint" / "state.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lasts as long as the run
+    resumed = CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet", "--resume"])
+    assert resumed.exit_code in (0, 1), resumed.output
+    assert (tmp_path / "termed" / "result.json").exists()
 
 
 def _expect_exit_2(recipe: Path, needle: str) -> None:

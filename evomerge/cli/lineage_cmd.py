@@ -93,12 +93,17 @@ def rebuild_cmd(
                 result_ref=f"Rebuilt on {device} from `{result_json.resolve()}` ({state}), which",
             )
         console.print(f"saved rebuilt champion to {out}")
-    if comparison.get("saved", "") is None:
+    rebuilt = f"rebuilt {comparison['nodes']} lineage nodes"
+    if comparison.get("saved") is None:
         console.print(
-            f"rebuilt {comparison['nodes']} lineage nodes; the saved champion is gone "
-            "(result.json `model`), so nothing was compared"
+            f"{rebuilt}; the saved champion is gone (result.json `model`), so nothing was compared"
         )
+    elif comparison["bit_identical"]:
+        console.print(f"{rebuilt}: bit-identical to the run's champion, {comparison['saved']}")
     else:
-        console.print(comparison)
+        console.print(
+            f"{rebuilt}: differs from the run's champion, {comparison['saved']}, by up to "
+            f"{comparison['max_abs_diff']:.3g} (max |difference| of any weight)"
+        )
     if comparison.get("bit_identical") is False:
         raise typer.Exit(1)

@@ -6,7 +6,9 @@ below target (the champion is saved anyway), 2 bad input (nothing written).
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +284,31 @@ def _after_a_stop(recipe: Any) -> str:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, ``kill``): stopped like Ctrl-C, resumable."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the run lasts, SIGTERM stops it as Ctrl-C does (the last finished generation's
+    checkpoint stays, the hint says how to resume) instead of killing it without a word."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command("run")
 def run_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml"),
@@ -305,7 +332,13 @@ def run_cmd(
     from evomerge.evolution.checkpoint import CheckpointError
     from evomerge.evolution.recipe import RecipeError
     from evomerge.evolution.validate import InputValidationError
-    from evomerge.run import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED, Run
+    from evomerge.run import (
+        EXIT_BAD_INPUT,
+        EXIT_CRASH,
+        EXIT_INTERRUPTED,
+        EXIT_TERMINATED,
+        Run,
+    )
 
     console = Console()
     err = Console(stderr=True)
@@ -314,16 +347,19 @@ def run_cmd(
         raise typer.Exit(EXIT_BAD_INPUT)
     recipe = None
     try:
-        recipe = _load(recipe_path, out, generations)
-        outcome = Run(
-            recipe, resume=resume, overwrite=overwrite, progress=not quiet, log=console.print
-        ).execute()
+        with _sigterm_interrupts():
+            recipe = _load(recipe_path, out, generations)
+            outcome = Run(
+                recipe, resume=resume, overwrite=overwrite, progress=not quiet, log=console.print
+            ).execute()
     except (RecipeError, InputValidationError, CheckpointError) as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt:
-        err.print(f"interrupted: {_after_a_stop(recipe)}", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        stopped = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        err.print(f"{stopped}: {_after_a_stop(recipe)}", soft_wrap=True)
+        code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        raise typer.Exit(code) from None
     except Exception:
         import traceback
 

@@ -13,9 +13,9 @@ from evomerge.evolution.recipe import Recipe
 
 EXIT_PASS, EXIT_BELOW_TARGET, EXIT_BAD_INPUT = 0, 1, 2
 #: A run stopped by an unexpected error (a bug; its traceback is printed), and one
-#: interrupted (Ctrl-C, 128 + SIGINT as shells report it): never 1, which a script reads
-#: as "finished below target" (Python's and click's own code for both).
-EXIT_CRASH, EXIT_INTERRUPTED = 3, 130
+#: interrupted (Ctrl-C, 128 + SIGINT as shells report it) or terminated (SIGTERM, 128 + 15):
+#: never 1, which a script reads as "finished below target" (Python's and click's own code).
+EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 143
 #: 3 inputs + 8 population slots + 1 merge workspace (see evomerge/evolution/loop.py)
 RESIDENT_LIMIT = 12
 #: candidates a genome strategy materialises at once on one process (evomerge/run/search.py)

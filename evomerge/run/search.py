@@ -201,7 +201,6 @@ class GenomeLoop:
             kind = "genome"
         genome_json = json.loads(genome.to_json())
         apply_genome_mutation_(weights(out), genome_json)
-        self.state.combo_usage[genome.combo] += 1
         fallbacks = [
             {"stage": s.stage, "method": s.method, "reason": s.fallback}
             for s in result.stage_logs
@@ -328,6 +327,8 @@ class GenomeLoop:
         scored = []
         for genome, (node, score) in zip(genomes, results, strict=True):
             node.fitness = float(score.total)
+            # a generation's candidates, not every merge: crowning and the report re-merge some
+            self.state.combo_usage[genome.combo] += 1
             scored.append(
                 Scored(
                     node.id,
