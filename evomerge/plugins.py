@@ -66,7 +66,7 @@ def _distribution_of(ep: EntryPoint) -> tuple[str, str]:
 
 def _record(name: str, source: str, error: str, detail: str = "") -> None:
     problem = PluginLoadError(name=name, source=source, error=error, detail=detail)
-    if all((e.name, e.error) != (name, error) for e in _load_errors):  # registries rebuild
+    if all((e.name, e.source, e.error) != (name, source, error) for e in _load_errors):
         _load_errors.append(problem)
 
 
@@ -76,30 +76,29 @@ def _register_entry_point(pm: pluggy.PluginManager, ep: EntryPoint) -> None:
     source = f"{package} {dist_version} ({ep.value})"
     taken = pm.get_plugin(ep.name)
     if taken is not None:
-        if _PLUGIN_SOURCES.get(ep.name, ("", ""))[0] != package:
-            owner = " ".join(_package_of(ep.name, taken))
-            _record(
-                ep.name, source, f"entry point name {ep.name!r} is taken by {owner}; rename one"
-            )
+        owner = " ".join(_package_of(ep.name, taken))
+        _record(ep.name, source, f"entry point name {ep.name!r} is taken by {owner}; rename one")
         return
-    plugin = None
+    registered = None
     try:
         plugin = ep.load()
+        hash(plugin)  # pluggy's per-plugin calls need it (registry.py); a module always is
         pm.register(plugin, name=ep.name)
+        registered = plugin
         pm.check_pending()  # a misspelt hook name (``hookimpl`` on no spec) is this plugin's error
     except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
-        if plugin is not None and pm.is_registered(plugin):
-            pm.unregister(plugin)
+        if registered is not None:  # never another name's registration of the same object
+            pm.unregister(registered)
         _record(ep.name, source, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return
     _PLUGIN_SOURCES[ep.name] = (package, dist_version)
 
 
-def record_plugin_problem(name: str, error: str) -> None:
+def record_plugin_problem(name: str, plugin: object, error: str) -> None:
     """A loaded plugin whose hook failed or returned the wrong thing: reported like a load
-    failure (``plugins list``, unknown-name errors) while the other plugins keep working."""
-    package, dist_version = _PLUGIN_SOURCES.get(name, ("evomerge", version("evomerge")))
-    _record(name, f"{package} {dist_version}", error)
+    failure (``plugins list``, unknown-name errors; registries rebuild, so once) while the
+    other plugins keep working."""
+    _record(name, " ".join(_package_of(name, plugin)), error)
 
 
 def load_error_note() -> str:

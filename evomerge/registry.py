@@ -134,7 +134,7 @@ class Registry(Generic[T]):
                     )
                 checked = self._checked(items)
             except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the rest
-                record_plugin_problem(owner, f"{self.hook}: {type(exc).__name__}: {exc}")
+                record_plugin_problem(owner, plugin, f"{self.hook}: {type(exc).__name__}: {exc}")
                 continue
             for name, item in checked:
                 yield owner, name, item

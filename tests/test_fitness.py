@@ -306,6 +306,41 @@ def test_recipe_task_metric_is_its_own_term_outside_the_pooled_accuracy(
         )
 
 
+def test_plugin_task_term_counts_once_and_is_held_out_on_its_test_task(
+    task_dir: Path, tokenizer, trained
+) -> None:
+    """A plugin's TaskMetricTerm with a test_task behaves as a recipe's task_metrics entry:
+    its tasks join the suites, and they stay out of the pooled accuracy."""
+    from evomerge.fitness.terms import term_tasks
+
+    task, test_task = cloze_task_name("narrative", "fitness"), cloze_task_name("narrative", "test")
+
+    class Plugin:
+        @hookimpl
+        def evomerge_register_fitness_terms(self) -> list[TaskMetricTerm]:
+            return [TaskMetricTerm("narrative_acc", task, "acc", test_task=test_task)]
+
+    pm = get_plugin_manager()
+    pm.register(Plugin(), name="test_held_out_term_plugin")
+    try:
+        weights = {"perplexity": 0.4, "accuracy": 0.3, "narrative_acc": 0.5}
+        config = FitnessConfig(normalize="none", weights=weights, max_items=N_ITEMS)
+        assert term_tasks(config, "fitness") == [task]
+        assert term_tasks(config, "test") == [test_task]
+        for split, read in (("fitness", task), ("test", test_task)):
+            suite = suite_for(task_dir, split=split)
+            harness = FitnessHarness.build(
+                suite, tokenizer, "cpu", config=config, model_config=trained.config
+            )
+            m = harness.measure(trained, cost=False)
+            assert CompositeFitness(config).score(m).raw["narrative_acc"] == m.tasks[read]["acc"]
+            others = [cloze_task_name(d, split) for d in ("technical", "dialogue")]
+            pooled = sum(m.tasks[t]["acc"] * m.n_items[t] for t in others)
+            assert m.accuracy == pytest.approx(pooled / sum(m.n_items[t] for t in others))
+    finally:
+        pm.unregister(name="test_held_out_term_plugin")
+
+
 class _TokenLimit(torch.nn.Module):
     """``model`` on a device that holds at most ``limit`` input tokens per forward: beyond
     it, the allocation error a GPU raises (CI has no GPU to run out of memory on)."""

@@ -18,7 +18,6 @@ from evomerge.evolution.checkpoint import Checkpoint, CheckpointError
 from evomerge.evolution.recipe import load_recipe
 from evomerge.evolution.run import Run
 from evomerge.fitness import TaskMetricTerm
-from evomerge.fitness.tasks import cloze_task_name
 from evomerge.plugins import get_plugin_manager
 from evomerge.run import search as search_module
 from evomerge.run.context import recipe_hash, recipe_identity
@@ -271,53 +270,60 @@ def test_bad_strategy_input_is_one_line_exit_2_nothing_written(
     assert not (tmp_path / "bad").exists()
 
 
-class _NarrativeTerm:
-    """A plugin's TaskMetricTerm (docs/plugins.md), with or without a held-out test task."""
+class _McqTerm:
+    """A plugin's TaskMetricTerm (docs/plugins.md) on a task of the user's own task dir
+    (recipes/tasks: not a generated task, named in no fitness.tasks), held out or not."""
 
     def __init__(self, test_task: str | None) -> None:
         self.test_task = test_task
 
     @hookimpl
     def evomerge_register_fitness_terms(self) -> list[TaskMetricTerm]:
-        task = cloze_task_name("narrative", "fitness")
-        return [TaskMetricTerm("narrative_acc", task, "acc_norm", test_task=self.test_task)]
+        return [TaskMetricTerm("mcq_acc", "example_mcq", "acc", test_task=self.test_task)]
 
 
 def _plugin_term_run(tmp: Path, phase1: dict, test_task: str | None) -> Any:
-    weights = {
-        "perplexity": 0.4,
-        "accuracy": 0.3,
-        "speed": 0.2,
-        "memory": 0.1,
-        "narrative_acc": 0.3,
-    }
+    weights = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1, "mcq_acc": 0.3}
     evolution = {**CMAES, "generations": 1, "strategy_options": {"popsize": 2, "sigma0": 0.2}}
-    recipe = _recipe(tmp, phase1, "run", evolution=evolution, fitness={"weights": weights})
+    tasks = Path(__file__).resolve().parents[1] / "recipes" / "tasks"
+    fitness = {"weights": weights, "task_dirs": [str(tasks)]}
+    recipe = _recipe(tmp, phase1, "run", evolution=evolution, fitness=fitness)
     pm = get_plugin_manager()
-    pm.register(_NarrativeTerm(test_task), name="test_narrative_term")  # the registries see it
+    pm.register(_McqTerm(test_task), name="test_mcq_term")  # the registries see it
     try:
         return CliRunner().invoke(app, ["recipe", "run", str(recipe), "--quiet"])
     finally:
-        pm.unregister(name="test_narrative_term")
+        pm.unregister(name="test_mcq_term")
 
 
-def test_a_plugin_task_term_needs_a_test_task_before_anything_runs(
-    phase1_tiny: dict, tmp_path: Path
+@pytest.mark.parametrize(
+    ("test_task", "needle"),
+    [
+        (None, "names no test_task"),
+        ("example_mcq", "test_task 'example_mcq' is a task the search scores"),
+        ("example_mcq_tset", "unknown test_task 'example_mcq_tset'"),
+    ],
+)
+def test_a_plugin_task_term_needs_a_held_out_test_task_before_anything_runs(
+    test_task: str | None, needle: str, phase1_tiny: dict, tmp_path: Path
 ) -> None:
-    result = _plugin_term_run(tmp_path, phase1_tiny, None)
+    result = _plugin_term_run(tmp_path, phase1_tiny, test_task)
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert "fitness.weights.narrative_acc" in text and "names no test_task" in text, text
+    assert "fitness.weights.mcq_acc" in text and needle in text, text
     assert not (tmp_path / "run").exists()
 
 
 def test_a_plugin_task_term_is_searched_on_its_task_and_reported_on_its_test_task(
     phase1_tiny: dict, tmp_path: Path
 ) -> None:
-    """The held-out report scores the term on its test task (it used to ask for the fitness
-    task, which the test suite does not measure, and crash after the whole search)."""
-    result = _plugin_term_run(tmp_path, phase1_tiny, cloze_task_name("narrative", "test"))
+    """Both of the term's tasks are scored although no fitness.tasks names them, the report
+    reads the test task (it used to ask for the search's task and crash after the whole
+    search), and the task counts once: as its own term, not in the pooled accuracy."""
+    result = _plugin_term_run(tmp_path, phase1_tiny, "example_mcq_test")
     assert result.exit_code in (0, 1), result.output
     report = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert "narrative_acc" in report["champion_terms"]
-    assert 0.0 <= report["champion_test_raw"]["narrative_acc"] <= 1.0
+    assert "mcq_acc" in report["champion_terms"]
+    assert 0.0 <= report["champion_test_raw"]["mcq_acc"] <= 1.0
+    assert set(report["fitness_documents"]) >= {"example_mcq"}
+    assert set(report["held_out_documents"]) >= {"example_mcq_test"}

@@ -157,11 +157,22 @@ def test_hooks_run_through_pluggy_so_wrappers_work_and_items_keep_their_plugin()
     assert _Wrapper.seen == [[[mine.method]]]  # it wrapped that plugin's call, once
 
 
-def test_a_method_named_like_one_of_mergekits_own_is_refused() -> None:
-    """mergekit would replay a config naming ``model_stock`` with its own method."""
-    pm = _manager(mine=_Methods("model_stock"))
-    with pytest.raises(ValueError, match="'model_stock' from plugin 'mine' is written as"):
-        MethodRegistry.from_plugin_manager(pm)
+def test_a_method_named_like_one_of_mergekits_own_is_reported_and_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mergekit would replay a config naming ``model_stock`` with its own method; the plugin
+    is reported and the method left out, and every other method still works."""
+    from evomerge import plugins
+
+    monkeypatch.setattr(plugins, "_load_errors", [])
+    import evomerge.merge.methods as builtins
+
+    pm = _manager(builtins=builtins, mine=_Methods("model_stock"), fine=_Methods("fine"))
+    registry = MethodRegistry.from_plugin_manager(pm)
+    assert "model_stock" not in registry.names() and {"fine", "linear"} <= set(registry.names())
+    (problem,) = plugins._load_errors
+    assert problem.name == "mine"
+    assert "written as 'model_stock', mergekit's own method" in problem.error
 
 
 def test_decorator_mistakes_are_errors_at_import() -> None:

@@ -60,7 +60,8 @@ class InputsConfig(_Strict):
         None,
         description="Optional common ancestor of the inputs; a dir or a cached repo id, as "
         "`models`. With it `cmaes` (`anchor: auto`) searches the stage-1 weights as task-vector "
-        "coefficients against it; the seed loop does not use it.",
+        "coefficients against it; the seed loop does not use it. `combos show|export --recipe` "
+        "take it for `--reference ancestor`.",
     )
     architecture: str | None = Field(
         None,

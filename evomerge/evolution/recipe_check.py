@@ -103,6 +103,7 @@ def _with_seed(method: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
     """Each ``fitness.weights`` key is a term some plugin registers."""
     from evomerge.fitness.terms import (
+        RecipeTaskMetricTerm,
         TaskMetricTerm,
         UnknownFitnessTermError,
         get_fitness_term,
@@ -118,13 +119,13 @@ def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
         except ValueError as exc:  # a task metric lm-eval cannot orient
             yield ("fitness", "weights", name), str(exc)
             continue
-        if weight > 0 and isinstance(term, TaskMetricTerm) and term.test_task is None:
-            yield (
-                ("fitness", "weights", name),
-                f"{name!r} scores lm-eval task {term.task!r} but names no test_task, so the "
-                "held-out report could only score it on documents the search selected on; "
-                "give its TaskMetricTerm a test_task",
-            )
+        plugin_term = isinstance(term, TaskMetricTerm) and not isinstance(
+            term,
+            RecipeTaskMetricTerm,  # the recipe's own: _task_problems checks those
+        )
+        if weight > 0 and plugin_term:
+            for problem in _plugin_term_problems(recipe, term):
+                yield ("fitness", "weights", name), f"{name!r}: {problem}"
     registered = set(registered_fitness_terms())
     for i, spec in enumerate(recipe.fitness.task_metrics):
         if spec.name in registered:
@@ -137,6 +138,40 @@ def _fitness_term_problems(recipe: Recipe) -> Iterator[Problem]:
                 ("fitness", "task_metrics", i, "name"),
                 f"{spec.name!r} has no weight; add it to fitness.weights",
             )
+
+
+def _plugin_term_problems(recipe: Recipe, term: Any) -> Iterator[str]:
+    """A plugin's weighted ``TaskMetricTerm`` gets the checks a recipe's ``task_metrics``
+    entry gets: both tasks exist with their data, and the test task holds documents the
+    search never selects on (else the held-out report fails, or is not held out)."""
+    from evomerge.data.layout import EVAL_SPLITS as SPLITS
+    from evomerge.fitness.tasks import generated_task_names
+
+    if term.test_task is None:
+        yield (
+            f"scores lm-eval task {term.task!r} but names no test_task, so the held-out "
+            "report could only score it on documents the search selected on; give its "
+            "TaskMetricTerm a test_task"
+        )
+        return
+    domains = recipe.fitness.domains
+    searched = {*generated_task_names(domains, "fitness"), *(recipe.fitness.tasks or []), term.task}
+    if term.test_task in searched:
+        yield (
+            f"test_task {term.test_task!r} is a task the search scores; it needs held-out documents"
+        )
+    own: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder in recipe.fitness.task_dirs:
+        if Path(folder).is_dir():
+            own.update(task_files_in(Path(folder)))
+    generated = {t for split in SPLITS for t in generated_task_names(domains, split)}
+    for key in ("task", "test_task"):
+        task = getattr(term, key)
+        if task in own:
+            if problem := missing_data_files(*own[task]):
+                yield problem
+        elif task not in generated:
+            yield f"unknown {key} {task!r}: not a generated task nor one in fitness.task_dirs"
 
 
 def _domain_problems(recipe: Recipe) -> Iterator[Problem]:

@@ -156,11 +156,6 @@ class FitnessConfig(BaseModel):
         key = "test_task" if split == "test" else "task"
         return list(dict.fromkeys(getattr(m, key) for m in self.task_metrics))
 
-    @property
-    def metric_task_names(self) -> set[str]:
-        """Every task a task metric names (kept out of the pooled perplexity and accuracy)."""
-        return {t for m in self.task_metrics for t in (m.task, m.test_task)}
-
     def to_yaml(self) -> str:
         """The config as YAML (paths as strings), loadable with :meth:`from_yaml`."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -101,6 +101,10 @@ class FitnessHarness:
         self.device = device
         self.max_length = max_length
         self.autocast_dtype = resolve_autocast(config.precision, device)
+        from evomerge.fitness.terms import own_term_tasks
+
+        #: tasks that are terms of their own (recipe's task_metrics, plugins' TaskMetricTerms)
+        self._own_terms = own_term_tasks(config)
 
     @classmethod
     def build(
@@ -235,7 +239,7 @@ class FitnessHarness:
         n_items: dict[str, int] = {}
         ppl_items: list[tuple[float, float]] = []
         acc_items: list[float] = []
-        own_terms = self.config.metric_task_names
+        own_terms = self._own_terms
         for name, plan in self._plans.items():
             raw = per_doc[name]
             agg = plan.task.aggregation()

@@ -148,6 +148,12 @@ def get_fitness_term(name: str, config: FitnessConfig | None = None) -> FitnessT
         raise UnknownFitnessTermError(f"{exc.args[0]}; task_metrics: {own}") from None
 
 
+def own_term_tasks(config: FitnessConfig) -> set[str]:
+    """Every task a task-metric term reads, on either split: kept out of the pooled
+    perplexity and accuracy, so a task counts once, as its own term."""
+    return {*term_tasks(config, "fitness"), *term_tasks(config, "test")}
+
+
 def term_tasks(config: FitnessConfig, split: str) -> list[str]:
     """The tasks the suite of ``split`` must measure for the config's task-metric terms:
     the recipe's ``task_metrics`` and the weighted terms plugins register alike."""

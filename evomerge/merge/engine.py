@@ -212,8 +212,8 @@ class MergeEngine:
             logs.append(_new_log(index, stage, resolved.method))
         try:
             run_chain(chain, calls, methods, logs, inputs)
-        except MergeConfigError:
-            raise
+        except (MergeConfigError, torch.OutOfMemoryError, MemoryError):
+            raise  # a whole-stage rerun would need more memory, not less
         except Exception as exc:  # noqa: BLE001 - the stage-by-stage rerun falls back and logs it
             raise ChainFailed from exc
         target = calls[-1].target

@@ -40,6 +40,15 @@ def mergekit_builtin_names() -> frozenset[str]:
     )
 
 
+def _mergekit_name_problem(method: MergeMethod) -> str | None:
+    """A method written under one of mergekit's own names would be replayed by mergekit as
+    mergekit's method, with other numbers: its plugin is reported and the method dropped."""
+    for alias in method.mergekit_aliases():
+        if not alias.native and alias.name in mergekit_builtin_names():
+            return f"it is written as {alias.name!r}, mergekit's own method: give it another name"
+    return None
+
+
 #: Class-based methods come from the hook; ``@merge_method`` ones from plugin modules' namespaces.
 MERGE_METHODS: Registry[MergeMethod] = Registry(
     "merge method",
@@ -48,6 +57,7 @@ MERGE_METHODS: Registry[MergeMethod] = Registry(
     key=lambda method: method.name(),
     error=UnknownMergeMethodError,
     module_objects=True,
+    check=_mergekit_name_problem,
 )
 
 
@@ -84,11 +94,6 @@ class MethodRegistry:
             )
         aliases = method.mergekit_aliases()
         for alias in aliases:
-            if not alias.native and alias.name in mergekit_builtin_names():
-                raise ValueError(
-                    f"merge method {name!r} from plugin {plugin!r} is written as "
-                    f"{alias.name!r}, mergekit's own method of that name: give it another name"
-                )
             other = self._aliases.get(alias.name)
             if other is not None:
                 raise ValueError(

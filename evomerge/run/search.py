@@ -206,7 +206,8 @@ class GenomeLoop:
             for s in result.stage_logs
             if s.fallback
         ]
-        self.state.fallbacks.extend({"node": node_id, **f} for f in fallbacks)
+        if all(f["node"] != node_id for f in self.state.fallbacks):  # crowning re-merges some
+            self.state.fallbacks.extend({"node": node_id, **f} for f in fallbacks)
         return LineageNode(
             id=node_id,
             generation=generation,

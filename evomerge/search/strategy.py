@@ -263,8 +263,10 @@ def find_strategy(name: str, strategies: Sequence[type[Any]] | None = None) -> t
     for cls in strategies:
         if cls.name == name:
             return cls
+    from evomerge.plugins import load_error_note
+
     known = ", ".join(sorted(c.name for c in strategies))
-    raise StrategyError(f"strategy: unknown strategy {name!r}; known: {known}")
+    raise StrategyError(f"strategy: unknown strategy {name!r}; known: {known}{load_error_note()}")
 
 
 def build_strategy(
