@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,7 +199,10 @@ def docs_plugin_files() -> dict[str, str]:
 
 def write_docs_plugin(site: Path) -> DocsPlugin:
     """Write the docs example into ``site`` as an installed distribution (package + dist-info)."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: the same parser, before it joined the standard library
+        import tomli as tomllib
 
     files = docs_plugin_files()
     project_dir = next(Path(p).parent for p in files if p.endswith("pyproject.toml"))

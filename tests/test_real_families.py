@@ -364,7 +364,9 @@ def test_local_finetunes_recipe_weighs_the_users_own_task(
     assert set(report["champion_terms"]) == {"perplexity", "accuracy", "mcq"}
     assert set(report["champion_test_terms"]) == {"perplexity", "accuracy", "mcq"}
     acc = report["champion_test_raw"]["mcq"]
-    assert 0.0 <= acc <= 1.0 and acc * 20 == pytest.approx(round(acc * 20))  # 20 test items
+    scored = report["held_out_documents"]["example_mcq_test"]["scored"]
+    assert scored == 8  # report_max_items of its 20 test items, as every task
+    assert 0.0 <= acc <= 1.0 and acc * scored == pytest.approx(round(acc * scored))
     assert report["inputs"]["test_terms"][0]["mcq"] > 0  # the inputs' own, normalised
     assert report["search"]["strategy"] == "cmaes"
     from test_recipe_run import check_model_card
